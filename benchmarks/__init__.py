@@ -1,0 +1,1 @@
+"""hwnas benchmarks: ``python -m benchmarks NAME``; results land in benchmarks/results/."""

@@ -1,0 +1,128 @@
+"""The ``hwnas`` command: a thin layer over the Python API.
+
+Every command takes ``--space`` the same way. Deliberate errors (:class:`HwnasError`)
+print one line naming the problem and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hwnas.errors import HwnasError
+from hwnas.space import SPACES, get_space
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Hardware-aware NAS: profile a device, model latency, search, export.")
+space_app = typer.Typer(no_args_is_help=True, help="Sample, inspect and count archs.")
+app.add_typer(space_app, name="space")
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+SPACE_HELP = f"search space preset: {', '.join(SPACES)}"
+
+
+@app.callback()
+def _root() -> None:
+    """hwnas command line."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the hwnas version."""
+    from hwnas import __version__
+
+    console.print(__version__)
+
+
+@space_app.command("sample")
+def space_sample(
+    space: str = typer.Option("default", help=SPACE_HELP),
+    n: int = typer.Option(1, "--n", min=1, help="how many archs"),
+    seed: int = typer.Option(0, help="random seed"),
+    out: Optional[Path] = typer.Option(None, help="write JSON here instead of stdout"),
+) -> None:
+    """Draw random archs; writes one JSON object (n=1) or a list."""
+    sp = get_space(space)
+    archs = [a.to_dict() for a in sp.sample(n, seed=seed)]
+    text = json.dumps(archs[0] if n == 1 else archs, indent=None)
+    if out is None:
+        print(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        console.print(f"wrote {n} arch(s) to {out}", style="green")
+
+
+@space_app.command("show")
+def space_show(
+    arch: Path = typer.Argument(..., help="arch JSON file (an object, or a list of them)"),
+    space: str = typer.Option("default", help=SPACE_HELP),
+) -> None:
+    """Print an arch's name, resolution, MACs, params and its ops."""
+    from hwnas.ops import count, ops
+
+    sp = get_space(space)
+    for a in _read_archs(arch, sp):
+        c = count(a, sp)
+        console.print(f"[bold]{sp.arch_name(a)}[/bold]")
+        console.print(f"resolution {a.r}  MACs {c.macs / 1e6:.2f} M  params {c.params / 1e6:.3f} M"
+                      f"  key {a.key}")
+        table = Table("#", "op", "in", "cin", "mid", "cout", "k", "s", "e", "act", "SE", "res",
+                      "MACs (M)", "params (K)")
+        for i, op in enumerate(ops(a, sp)):
+            table.add_row(str(i), op.kind, f"{op.hw}x{op.hw}", str(op.cin), str(op.mid or ""),
+                          str(op.cout), str(op.kernel), str(op.stride), f"{op.expand:g}",
+                          op.act, str(op.se_mid or ""), "y" if op.residual else "",
+                          f"{op.macs / 1e6:.3f}", f"{op.params / 1e3:.1f}")
+        console.print(table)
+
+
+@space_app.command("info")
+def space_info(space: str = typer.Option("default", help=SPACE_HELP)) -> None:
+    """Print the space's parameters, its size and its number of unique ops."""
+    from hwnas.ops import count, unique_ops
+
+    sp = get_space(space)
+    lo, hi = count(sp.smallest(), sp), count(sp.largest(), sp)
+    console.print_json(json.dumps(sp.to_dict()))
+    console.print(f"distinct networks: {sp.size():,} ({sp.size():.3e})")
+    console.print(f"unique ops (LUT rows): {len(unique_ops(sp))}")
+    console.print(f"encoding length: {sp.n_var}")
+    console.print(f"MACs {lo.macs / 1e6:.1f}-{hi.macs / 1e6:.1f} M, "
+                  f"params {lo.params / 1e6:.2f}-{hi.params / 1e6:.2f} M")
+
+
+def _read_archs(path: Path, sp):
+    from hwnas.errors import ArchError
+
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as exc:
+        raise ArchError(f"cannot read arch file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ArchError(f"{path} is not valid JSON: {exc}") from None
+    items = obj if isinstance(obj, list) else [obj]
+    try:
+        return [sp.arch(item) for item in items]
+    except ArchError as exc:
+        raise ArchError(f"{path}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning deliberate errors into one line and exit 2."""
+    try:
+        app(args=argv)
+    except HwnasError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}", highlight=False,
+                                                   markup=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""One family of errors, so callers (and the CLI) can tell bad input from bugs.
+
+Every error hwnas raises on purpose derives from :class:`HwnasError`; its message names
+what was wrong, the value seen and what is allowed. The CLI prints the message and exits
+with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class HwnasError(Exception):
+    """Base class of every deliberate hwnas error."""
+
+
+class ArchError(HwnasError, ValueError):
+    """An architecture (JSON, dict, encoding) does not fit the search space."""
+
+
+class SpaceError(HwnasError, ValueError):
+    """A search space's own parameters are inconsistent."""
+
+
+class DeviceError(HwnasError):
+    """A device file is malformed, or the device cannot be used on this machine."""
+
+
+class BackendError(HwnasError):
+    """A runtime failed to build, convert or run a model."""
+
+
+class LutError(HwnasError):
+    """A lookup table is malformed, incomplete or from another device."""

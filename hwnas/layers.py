@@ -1,0 +1,96 @@
+"""Static building blocks: plain Conv2d / BatchNorm2d / Linear, nothing elastic.
+
+These are what a subnet is made of once cut out of the supernet, what each op of the
+lookup table builds on its own, and what the exporters see. Keeping them free of elastic
+code is what makes exported graphs clean and op timings honest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "hswish":
+        return nn.Hardswish()
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown activation {name!r}; allowed: relu, hswish, none")
+
+
+class ConvBNAct(nn.Module):
+    """Conv (same padding), optional BatchNorm, optional activation."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+                 act: str = "none", bn: bool = True, bias: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-excite: mean pool, reduce (ReLU), expand, hard sigmoid."""
+
+    def __init__(self, channels: int, mid: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, 1, bias=True)
+        self.relu = nn.ReLU()
+        self.expand = nn.Conv2d(mid, channels, 1, bias=True)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.relu(self.reduce(s))))
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand (absent when ``expand_conv`` is False), depthwise
+    kxk, optional SE, 1x1 linear projection, identity shortcut when ``residual``."""
+
+    def __init__(self, cin: int, mid: int, cout: int, kernel: int, stride: int, act: str,
+                 se_mid: int = 0, residual: bool = False, expand_conv: bool = True) -> None:
+        super().__init__()
+        self.inverted_bottleneck = ConvBNAct(cin, mid, 1, act=act) if expand_conv else None
+        self.depth_conv = ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act)
+        self.se = SqueezeExcite(mid, se_mid) if se_mid else None
+        self.point_linear = ConvBNAct(mid, cout, 1)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x if self.inverted_bottleneck is None else self.inverted_bottleneck(x)
+        y = self.depth_conv(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.point_linear(y)
+        return x + y if self.residual else y
+
+
+class FeatureMix(nn.Module):
+    """Global average pool, then a 1x1 conv (no bias, no BN) and h-swish."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x.mean((2, 3), keepdim=True)))
+
+
+class Classifier(nn.Module):
+    """Flatten and a linear layer (dropout only while training)."""
+
+    def __init__(self, cin: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(torch.flatten(x, 1)))

@@ -1,0 +1,247 @@
+"""Ops: the units a lookup table times, and analytic MACs/params.
+
+A subnet decomposes into a list of :class:`OpSpec` (stem, first block, every active
+MBConv block, final expand, feature mix, classifier). An op's fields are everything that
+decides its latency, channel counts stored explicitly (``cin``, ``mid``, ``cout``) as well
+as the expand ratio, so a key is never ambiguous; identical keys share one LUT row.
+Counting is analytic (no forward pass) and vectorised over batches of archs, because a
+search counts millions of candidates.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from torch import nn
+
+from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv
+from hwnas.space import Arch, SearchSpace, _conv_out, _num
+
+OP_KINDS = ("stem", "first", "mbconv", "final_expand", "feature_mix", "classifier")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op of a subnet with the input it sees. Hashable; ``key`` is a stable string."""
+
+    kind: str
+    hw: int
+    cin: int
+    cout: int
+    mid: int = 0
+    expand: float = 0
+    kernel: int = 1
+    stride: int = 1
+    act: str = "none"
+    se_mid: int = 0
+    residual: bool = False
+
+    @property
+    def key(self) -> str:
+        """e.g. ``mbconv:56x24-72-40:k5s2:e3:relu:se24:res0``."""
+        return (f"{self.kind}:{self.hw}x{self.cin}-{self.mid}-{self.cout}:k{self.kernel}"
+                f"s{self.stride}:e{_num(self.expand)}:{self.act}:se{self.se_mid}"
+                f":res{int(self.residual)}")
+
+    @property
+    def out_hw(self) -> int:
+        if self.kind in ("feature_mix", "classifier"):
+            return 1
+        return _conv_out(self.hw, self.stride)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of a batch-1 NCHW input."""
+        return (1, self.cin, self.hw, self.hw)
+
+    def row(self) -> dict:
+        """Flat form for a DataFrame row (plus ``key``)."""
+        out = asdict(self)
+        out["expand"] = float(self.expand)
+        out["key"] = self.key
+        return out
+
+    @classmethod
+    def from_row(cls, row: dict) -> "OpSpec":
+        fields = {f: row[f] for f in cls.__dataclass_fields__}
+        for name in ("hw", "cin", "cout", "mid", "kernel", "stride", "se_mid"):
+            fields[name] = int(fields[name])
+        fields["residual"] = bool(fields["residual"])
+        fields["expand"] = _num(fields["expand"])
+        return cls(**fields)
+
+    # ---------------------------------------------------------------- counting
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of Conv2d and Linear layers (BN and pooling excluded)."""
+        ho = self.out_hw
+        if self.kind in ("stem",):
+            return ho * ho * self.cout * self.cin * self.kernel ** 2
+        if self.kind in ("first", "mbconv"):
+            macs = self.hw * self.hw * self.cin * self.mid if self.kind == "mbconv" else 0
+            macs += ho * ho * self.mid * self.kernel ** 2
+            macs += 2 * self.mid * self.se_mid
+            return macs + ho * ho * self.mid * self.cout
+        if self.kind == "final_expand":
+            return self.hw * self.hw * self.cin * self.cout
+        return self.cin * self.cout  # feature_mix (on the pooled 1x1 map), classifier
+
+    @property
+    def params(self) -> int:
+        """Trainable parameters (BatchNorm's weight and bias counted, running stats not)."""
+        if self.kind == "stem":
+            return self.cout * self.cin * self.kernel ** 2 + 2 * self.cout
+        if self.kind in ("first", "mbconv"):
+            n = self.cin * self.mid + 2 * self.mid if self.kind == "mbconv" else 0
+            n += self.mid * self.kernel ** 2 + 2 * self.mid
+            if self.se_mid:
+                n += 2 * self.mid * self.se_mid + self.se_mid + self.mid
+            return n + self.mid * self.cout + 2 * self.cout
+        if self.kind == "final_expand":
+            return self.cin * self.cout + 2 * self.cout
+        if self.kind == "feature_mix":
+            return self.cin * self.cout
+        return self.cin * self.cout + self.cout  # classifier
+
+    # ---------------------------------------------------------------- building
+    def build(self) -> nn.Module:
+        """A standalone module for this op (random weights), in eval mode."""
+        if self.kind == "stem":
+            m: nn.Module = ConvBNAct(self.cin, self.cout, self.kernel, self.stride, act=self.act)
+        elif self.kind in ("first", "mbconv"):
+            m = MBConv(self.cin, self.mid, self.cout, self.kernel, self.stride, self.act,
+                       self.se_mid, self.residual, expand_conv=self.kind == "mbconv")
+        elif self.kind == "final_expand":
+            m = ConvBNAct(self.cin, self.cout, 1, act=self.act)
+        elif self.kind == "feature_mix":
+            m = FeatureMix(self.cin, self.cout)
+        elif self.kind == "classifier":
+            m = Classifier(self.cin, self.cout)
+        else:
+            raise ValueError(f"unknown op kind {self.kind!r}; allowed: {OP_KINDS}")
+        return m.eval()
+
+
+def block_op(space: SearchSpace, resolution: int, stage: int, index: int, kernel: int,
+             expand: float) -> OpSpec:
+    """The op of one elastic block at a position of the network."""
+    spec = space.stages[stage]
+    cin = space.block_input_channels(stage, index)
+    cout = space.stage_widths[stage]
+    stride = spec.stride if index == 0 else 1
+    mid = space.mid_channels(cin, expand)
+    hw = space.feature_size(resolution, stage)
+    if index > 0:
+        hw = _conv_out(hw, spec.stride)
+    return OpSpec("mbconv", hw, cin, cout, mid, expand, kernel, stride, spec.act,
+                  space.se_channels(mid) if spec.se else 0, stride == 1 and cin == cout)
+
+
+def fixed_ops(space: SearchSpace, resolution: int) -> tuple[list[OpSpec], list[OpSpec]]:
+    """The ops every subnet at ``resolution`` has: (before the stages, after them)."""
+    stem_c, first_c = space.stem_channels, space.first_block_channels
+    hw = _conv_out(resolution, 2)
+    head = [
+        OpSpec("stem", resolution, space.in_channels, stem_c, kernel=3, stride=2,
+               act=space.stem_act),
+        OpSpec("first", hw, stem_c, first_c, stem_c, 1, 3, 1, space.first_block_act, 0,
+               stem_c == first_c),
+    ]
+    last_c = space.stage_widths[-1]
+    fe, fm = space.final_expand_channels, space.feature_mix_channels
+    tail = [
+        OpSpec("final_expand", space.feature_size(resolution), last_c, fe, act="hswish"),
+        OpSpec("feature_mix", space.feature_size(resolution), fe, fm, act="hswish"),
+        OpSpec("classifier", 1, fm, space.num_classes),
+    ]
+    return head, tail
+
+
+def ops(arch: Arch, space: SearchSpace) -> list[OpSpec]:
+    """The subnet's ops in execution order."""
+    head, tail = fixed_ops(space, arch.r)
+    blocks = [block_op(space, arch.r, s, b, k, e) for s, b, k, e in space.active_blocks(arch)]
+    return head + blocks + tail
+
+
+def build_network(op_list: Iterable[OpSpec]) -> nn.Sequential:
+    """Ops' modules in sequence: the same layer structure as ``Supernet.subnet``."""
+    return nn.Sequential(*[op.build() for op in op_list]).eval()
+
+
+def unique_ops(space: SearchSpace, resolutions: Sequence[int] | None = None) -> list[OpSpec]:
+    """Every distinct op any subnet of the space can contain (what a full LUT holds)."""
+    seen: dict[str, OpSpec] = {}
+    for r in resolutions or space.resolutions:
+        head, tail = fixed_ops(space, r)
+        blocks = [block_op(space, r, s, b, k, e)
+                  for s in range(space.n_stages) for b in range(space.max_depth)
+                  for k in space.kernels for e in space.expands]
+        for op in head + blocks + tail:
+            seen.setdefault(op.key, op)
+    return list(seen.values())
+
+
+# ------------------------------------------------------------------ fast counting
+@dataclass(frozen=True)
+class Counts:
+    """MACs and params of one subnet."""
+
+    macs: int
+    params: int
+
+
+@functools.lru_cache(maxsize=16)
+def _cost_tables(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+    """(per-block table [R, S, D, K, E, 2], fixed cost per resolution [R, 2])."""
+    R, S, D = len(space.resolutions), space.n_stages, space.max_depth
+    K, E = len(space.kernels), len(space.expands)
+    blocks = np.zeros((R, S, D, K, E, 2), dtype=np.int64)
+    fixed = np.zeros((R, 2), dtype=np.int64)
+    for ri, r in enumerate(space.resolutions):
+        head, tail = fixed_ops(space, r)
+        fixed[ri] = [sum(o.macs for o in head + tail), sum(o.params for o in head + tail)]
+        for s in range(S):
+            for b in range(D):
+                for ki, k in enumerate(space.kernels):
+                    for ei, e in enumerate(space.expands):
+                        op = block_op(space, r, s, b, k, e)
+                        blocks[ri, s, b, ki, ei] = (op.macs, op.params)
+    return blocks, fixed
+
+
+def encode_batch(archs: Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.ndarray:
+    """An (n, n_var) integer matrix from archs (or a matrix passed through, checked)."""
+    if isinstance(archs, np.ndarray):
+        X = np.asarray(archs)
+        if X.ndim != 2 or X.shape[1] != space.n_var:
+            raise ValueError(f"expected an (n, {space.n_var}) encoding matrix, got {X.shape}")
+        return X.astype(np.int64)
+    return np.stack([space.encode(a) for a in archs]) if len(archs) else \
+        np.zeros((0, space.n_var), dtype=np.int64)
+
+
+def count_batch(archs: Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.ndarray:
+    """MACs and params of many archs at once: an (n, 2) int64 array, no forward pass."""
+    X = encode_batch(archs, space)
+    blocks, fixed = _cost_tables(space)
+    D, step = space.max_depth, 1 + 2 * space.max_depth
+    ri = X[:, -1]
+    total = fixed[ri].copy()
+    depths = np.asarray(space.depths)
+    for s in range(space.n_stages):
+        g = X[:, s * step:(s + 1) * step]
+        depth = depths[g[:, 0]]
+        for b in range(D):
+            cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
+            total += cost * (depth > b)[:, None]
+    return total
+
+
+def count(arch: Arch, space: SearchSpace) -> Counts:
+    """MACs and params of one arch."""
+    macs, params = count_batch([arch], space)[0]
+    return Counts(int(macs), int(params))

@@ -1,0 +1,515 @@
+"""The search space: which networks exist, how they are written down and encoded.
+
+A :class:`SearchSpace` is a value (every width, stride, choice and the number of stages is
+a parameter), so the Once-for-All MobileNetV3 space and a small space for tests are two
+instances of one class. An :class:`Arch` is one network of a space. Archs are made and
+checked by the space (:meth:`SearchSpace.arch`), which puts them in canonical form: the
+slots beyond a stage's depth are normalised, so two spellings of one network compare and
+hash equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.errors import ArchError, SpaceError
+
+ACTIVATIONS = ("relu", "hswish")
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of ``divisor`` (never more than 10% down)."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return int(new)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of elastic blocks: output width, stride of its first block, activation, SE."""
+
+    width: int
+    stride: int
+    act: str
+    se: bool
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One network of a search space, in the JSON form ``{"r", "d", "k", "e"}``.
+
+    ``k`` and ``e`` hold ``max_depth`` slots per stage; slots beyond a stage's depth are
+    unused. Make archs with :meth:`SearchSpace.arch` (validated and canonical); a raw
+    ``Arch(...)`` is not checked.
+    """
+
+    r: int
+    d: tuple[int, ...]
+    k: tuple[int, ...]
+    e: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"r": int(self.r), "d": [int(v) for v in self.d], "k": [int(v) for v in self.k],
+                "e": [_num(v) for v in self.e]}
+
+    def to_ofa(self) -> dict[str, Any]:
+        """Once-for-All's spelling (``ks``/``e``/``d`` plus ``r``)."""
+        out = self.to_dict()
+        return {"ks": out["k"], "e": out["e"], "d": out["d"], "r": out["r"]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @property
+    def key(self) -> str:
+        """A stable hash of the canonical JSON form (use archs from :meth:`SearchSpace.arch`)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An elastic MobileNetV3-style space (defaults: Once-for-All's, at width 1.0)."""
+
+    name: str = "default"
+    in_channels: int = 3
+    stem_width: int = 16
+    first_block_width: int = 16
+    first_block_act: str = "relu"
+    stem_act: str = "hswish"
+    stages: tuple[StageSpec, ...] = (
+        StageSpec(24, 2, "relu", False),
+        StageSpec(40, 2, "relu", True),
+        StageSpec(80, 2, "hswish", False),
+        StageSpec(112, 1, "hswish", True),
+        StageSpec(160, 2, "hswish", True),
+    )
+    depths: tuple[int, ...] = (2, 3, 4)
+    kernels: tuple[int, ...] = (3, 5, 7)
+    expands: tuple[float, ...] = (3, 4, 6)
+    resolutions: tuple[int, ...] = (160, 176, 192, 208, 224)
+    final_expand_width: int = 960
+    feature_mix_width: int = 1280
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    se_reduction: int = 4
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise SpaceError(f"search space {self.name!r}: {what}")
+
+        need(len(self.stages) >= 1, "needs at least one stage")
+        for name in ("depths", "kernels", "expands", "resolutions"):
+            values = getattr(self, name)
+            need(len(values) >= 1, f"{name} must not be empty")
+            need(len(set(values)) == len(values), f"{name} has repeated values: {values}")
+            need(list(values) == sorted(values), f"{name} must be sorted ascending: {values}")
+            need(all(v > 0 for v in values), f"{name} must be positive: {values}")
+        need(all(int(k) == k and k % 2 == 1 for k in self.kernels),
+             f"kernels must be odd integers, got {self.kernels}")
+        need(all(int(d) == d for d in self.depths), f"depths must be integers: {self.depths}")
+        for i, s in enumerate(self.stages):
+            need(s.stride in (1, 2), f"stage {i} stride must be 1 or 2, got {s.stride}")
+            need(s.act in ACTIVATIONS, f"stage {i} act must be one of {ACTIVATIONS}, got {s.act!r}")
+            need(s.width > 0, f"stage {i} width must be positive, got {s.width}")
+        need(self.width_mult > 0, f"width_mult must be positive, got {self.width_mult}")
+        need(self.num_classes > 0, f"num_classes must be positive, got {self.num_classes}")
+        for act in (self.stem_act, self.first_block_act):
+            need(act in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {act!r}")
+
+    # ----------------------------------------------------------------- presets & identity
+    @classmethod
+    def default(cls, width_mult: float = 1.0) -> "SearchSpace":
+        """Once-for-All's MobileNetV3 space (width 1.0, or 1.2)."""
+        name = "default" if width_mult == 1.0 else f"default-w{width_mult:g}"
+        return cls(name=name, width_mult=width_mult)
+
+    @classmethod
+    def small(cls) -> "SearchSpace":
+        """A small space (32-48 px, narrow) with the default's structure, for tests and the
+        quickstart; 10 classes to fit the embedded digits data set."""
+        return cls(
+            name="small", stem_width=8, first_block_width=8,
+            stages=(StageSpec(16, 2, "relu", False), StageSpec(24, 2, "relu", True),
+                    StageSpec(32, 2, "hswish", False), StageSpec(48, 1, "hswish", True),
+                    StageSpec(64, 2, "hswish", True)),
+            resolutions=(32, 40, 48), final_expand_width=192, feature_mix_width=256,
+            num_classes=10,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every parameter, JSON-ready (stored in LUTs, predictors and checkpoints)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        for name in ("depths", "kernels", "expands", "resolutions"):
+            out[name] = [_num(v) for v in out[name]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+        data = dict(data)
+        try:
+            data["stages"] = tuple(StageSpec(**s) for s in data["stages"])
+            for name in ("depths", "kernels", "expands", "resolutions"):
+                data[name] = tuple(data[name])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise SpaceError(f"not a search space description: {exc}") from None
+
+    @property
+    def id(self) -> str:
+        """A short hash of every parameter: two spaces with one id build the same networks."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    # ------------------------------------------------------------------- derived widths
+    def _w(self, width: int) -> int:
+        return make_divisible(width * self.width_mult, 8)
+
+    @property
+    def stem_channels(self) -> int:
+        return self._w(self.stem_width)
+
+    @property
+    def first_block_channels(self) -> int:
+        return self._w(self.first_block_width)
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self._w(s.width) for s in self.stages)
+
+    @property
+    def final_expand_channels(self) -> int:
+        return self._w(self.final_expand_width)
+
+    @property
+    def feature_mix_channels(self) -> int:
+        return self._w(self.feature_mix_width)
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    @property
+    def n_blocks(self) -> int:
+        """Slots in ``k`` and ``e``: ``max_depth`` per stage."""
+        return self.n_stages * self.max_depth
+
+    def mid_channels(self, cin: int, expand: float) -> int:
+        """Middle (expanded) width of a block: the channel count, not the ratio."""
+        return make_divisible(round(cin * expand), 8)
+
+    def se_channels(self, mid: int) -> int:
+        return make_divisible(mid // self.se_reduction, 8)
+
+    def block_input_channels(self, stage: int, index: int) -> int:
+        if index > 0:
+            return self.stage_widths[stage]
+        return self.stage_widths[stage - 1] if stage > 0 else self.first_block_channels
+
+    def feature_size(self, resolution: int, stage: int | None = None) -> int:
+        """Input height/width of ``stage`` (of the final expand when ``stage`` is None)."""
+        hw = _conv_out(resolution, 2)  # stem
+        stop = self.n_stages if stage is None else stage
+        for s in self.stages[:stop]:
+            hw = _conv_out(hw, s.stride)
+        return hw
+
+    # --------------------------------------------------------------- parsing & checking
+    def arch(self, obj: Any = None, /, **fields: Any) -> Arch:
+        """Validate and canonicalise an arch.
+
+        Accepts an :class:`Arch`, the JSON form ``{"r", "d", "k", "e"}``, Once-for-All's
+        dict (``ks``, ``e``, ``d`` with ``r`` or ``image_size``), or the same as keywords.
+        Raises :class:`ArchError` naming the field, the value and what is allowed.
+        """
+        if obj is None:
+            obj = fields
+        elif fields:
+            raise ArchError("give an arch either as one object or as keywords, not both")
+        if isinstance(obj, Arch):
+            obj = obj.to_dict()
+        if not isinstance(obj, Mapping):
+            raise ArchError(f"an arch must be a JSON object with keys r, d, k, e; got "
+                            f"{type(obj).__name__}")
+        keys = set(obj)
+        if not all(isinstance(k, str) for k in keys):
+            raise ArchError(f"arch keys must be strings, got {sorted(map(repr, keys))}")
+        ofa = "ks" in keys
+        allowed = {"ks", "e", "d", "r", "image_size"} if ofa else {"r", "d", "k", "e"}
+        unknown = keys - allowed
+        if unknown:
+            raise ArchError(f"unknown arch key(s) {sorted(unknown)}; allowed keys are "
+                            f"{sorted(allowed)}")
+        if ofa:
+            if "r" in keys and "image_size" in keys:
+                raise ArchError("give the resolution once, as 'r' or 'image_size', not both")
+            res_key = "r" if "r" in keys else "image_size"
+            required = {"ks": "ks", "e": "e", "d": "d", res_key: res_key}
+        else:
+            required = {"r": "r", "d": "d", "k": "k", "e": "e"}
+        missing = [k for k in required if k not in keys]
+        if missing:
+            raise ArchError(f"arch is missing key(s) {missing}; an arch needs "
+                            f"{sorted(required)}")
+        res_key = "r" if "r" in keys else "image_size"
+        r = obj[res_key]
+        if isinstance(r, (list, tuple)) and len(r) == 1:  # OFA sometimes writes [224]
+            r = r[0]
+        r = self._check_choice(res_key, r, self.resolutions)
+        d = self._check_list("d", obj["d"], self.n_stages)
+        d = tuple(self._check_choice(f"d[{i}]", v, self.depths) for i, v in enumerate(d))
+        k_raw = self._check_list("ks" if ofa else "k", obj["ks" if ofa else "k"], self.n_blocks)
+        e_raw = self._check_list("e", obj["e"], self.n_blocks)
+        k = self._check_slots("ks" if ofa else "k", k_raw, d, self.kernels)
+        e = self._check_slots("e", e_raw, d, self.expands)
+        return Arch(r=r, d=d, k=k, e=e)
+
+    def load_arch(self, path: str | Path) -> Arch:
+        """Read an arch from a JSON file (the JSON form or OFA's)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ArchError(f"cannot read arch file {path}: {exc.strerror}") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArchError(f"{path} is not valid JSON: {exc}") from None
+        try:
+            return self.arch(obj)
+        except ArchError as exc:
+            raise ArchError(f"{path}: {exc}") from None
+
+    def _check_list(self, name: str, value: Any, length: int) -> list:
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise ArchError(f"arch field {name!r} must be a list of {length} numbers, got "
+                            f"{type(value).__name__} {value!r:.60}")
+        value = list(value)
+        if len(value) != length:
+            raise ArchError(f"arch field {name!r} must have {length} entries for space "
+                            f"{self.name!r}, got {len(value)}")
+        return value
+
+    @staticmethod
+    def _check_choice(name: str, value: Any, choices: Sequence) -> Any:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)):
+            raise ArchError(f"arch field {name!r} must be a number, got "
+                            f"{type(value).__name__} {value!r:.60}; allowed: {list(choices)}")
+        for c in choices:
+            if value == c:
+                return c
+        raise ArchError(f"arch field {name!r} = {value!r} is not allowed; allowed: "
+                        f"{[_num(c) for c in choices]}")
+
+    def _check_slots(self, name: str, values: list, d: tuple[int, ...],
+                     choices: Sequence) -> tuple:
+        """Check active slots; unused slots may hold a choice or 0 and become choices[0]."""
+        out = []
+        for s, depth in enumerate(d):
+            for b in range(self.max_depth):
+                i = s * self.max_depth + b
+                v = values[i]
+                if b < depth:
+                    out.append(self._check_choice(f"{name}[{i}]", v, choices))
+                else:
+                    if not (isinstance(v, (bool, np.bool_)) or not isinstance(
+                            v, (int, float, np.integer, np.floating))) and v == 0:
+                        out.append(choices[0])
+                    else:
+                        self._check_choice(f"{name}[{i}] (unused slot; 0 also allowed)", v,
+                                           choices)
+                        out.append(choices[0])
+        return tuple(out)
+
+    # ----------------------------------------------------------------------- encoding
+    @property
+    def n_var(self) -> int:
+        """Length of the integer encoding: per stage [depth, kernels, expands], then r."""
+        return self.n_stages * (1 + 2 * self.max_depth) + 1
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive lower and upper bound of every gene (for pymoo)."""
+        xu = []
+        for _ in range(self.n_stages):
+            xu += [len(self.depths) - 1] + [len(self.kernels) - 1] * self.max_depth \
+                + [len(self.expands) - 1] * self.max_depth
+        xu.append(len(self.resolutions) - 1)
+        return np.zeros(self.n_var, dtype=np.int64), np.array(xu, dtype=np.int64)
+
+    def encode(self, arch: Arch | Mapping) -> np.ndarray:
+        """Integer vector of an arch; genes past a stage's depth are zero."""
+        if isinstance(arch, Arch):
+            try:
+                return self._encode_fast(arch)
+            except (KeyError, IndexError, TypeError):
+                pass  # fall through to the full check, which names the bad field
+        arch = self.arch(arch)
+        return self._encode_fast(arch)
+
+    def _encode_fast(self, arch: Arch) -> np.ndarray:
+        di, ki, ei, ri = self._index_maps()
+        md = self.max_depth
+        if len(arch.d) != self.n_stages or len(arch.k) != self.n_blocks \
+                or len(arch.e) != self.n_blocks:
+            raise IndexError
+        x = []
+        for s, depth in enumerate(arch.d):
+            x.append(di[depth])
+            base = s * md
+            x += [ki[arch.k[base + b]] if b < depth else 0 for b in range(md)]
+            x += [ei[arch.e[base + b]] if b < depth else 0 for b in range(md)]
+        x.append(ri[arch.r])
+        return np.array(x, dtype=np.int64)
+
+    def _index_maps(self) -> tuple[dict, dict, dict, dict]:
+        maps = self.__dict__.get("_maps")
+        if maps is None:
+            maps = tuple({v: i for i, v in enumerate(c) if not isinstance(v, bool)}
+                         for c in (self.depths, self.kernels, self.expands, self.resolutions))
+            object.__setattr__(self, "_maps", maps)
+        return maps
+
+    def decode(self, x: Sequence[int] | np.ndarray) -> Arch:
+        """Arch of an integer vector (any vector within :attr:`bounds` is a valid arch)."""
+        x = self._check_vector(x)
+        md, step = self.max_depth, 1 + 2 * self.max_depth
+        d, k, e = [], [], []
+        for s in range(self.n_stages):
+            g = x[s * step:(s + 1) * step]
+            depth = self.depths[g[0]]
+            d.append(depth)
+            k += [self.kernels[g[1 + b]] if b < depth else self.kernels[0] for b in range(md)]
+            e += [self.expands[g[1 + md + b]] if b < depth else self.expands[0]
+                  for b in range(md)]
+        return Arch(r=self.resolutions[x[-1]], d=tuple(d), k=tuple(k), e=tuple(e))
+
+    def canonical_vector(self, x: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Zero the genes past each stage's depth (do this before hashing or fitting)."""
+        x = self._check_vector(x).copy()
+        step = 1 + 2 * self.max_depth
+        for s in range(self.n_stages):
+            depth = self.depths[x[s * step]]
+            for b in range(depth, self.max_depth):
+                x[s * step + 1 + b] = 0
+                x[s * step + 1 + self.max_depth + b] = 0
+        return x
+
+    def _check_vector(self, x: Any) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.shape != (self.n_var,):
+            raise ArchError(f"an encoding of space {self.name!r} must have shape "
+                            f"({self.n_var},), got {arr.shape}")
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ArchError(f"encoding genes must be whole numbers, got {arr.tolist()}")
+        elif arr.dtype.kind not in "iu":
+            raise ArchError(f"encoding genes must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+        lo, hi = self.bounds
+        bad = np.flatnonzero((arr < lo) | (arr > hi))
+        if bad.size:
+            i = int(bad[0])
+            raise ArchError(f"encoding gene {i} = {arr[i]} is out of range; allowed "
+                            f"0..{hi[i]}")
+        return arr
+
+    # ------------------------------------------------------ sampling & variation
+    def sample(self, n: int = 1, seed: int | np.random.Generator | None = None) -> list[Arch]:
+        """``n`` archs, every choice drawn uniformly and independently (OFA's sampler)."""
+        rng = np.random.default_rng(seed)
+        lo, hi = self.bounds
+        return [self.decode(rng.integers(lo, hi + 1)) for _ in range(n)]
+
+    def mutate(self, arch: Arch, seed: int | np.random.Generator | None = None,
+               prob: float | None = None) -> Arch:
+        """Redraw each gene with probability ``prob`` (default 1/n_var) to another value."""
+        rng = np.random.default_rng(seed)
+        prob = 1.0 / self.n_var if prob is None else prob
+        x = self.encode(arch)
+        lo, hi = self.bounds
+        for i in np.flatnonzero(rng.random(self.n_var) < prob):
+            if hi[i] > lo[i]:
+                x[i] = (x[i] + rng.integers(1, hi[i] - lo[i] + 1)) % (hi[i] + 1)
+        return self.decode(x)
+
+    def crossover(self, a: Arch, b: Arch,
+                  seed: int | np.random.Generator | None = None) -> Arch:
+        """Uniform crossover of two archs' encodings (a child is always valid)."""
+        rng = np.random.default_rng(seed)
+        xa, xb = self.encode(a), self.encode(b)
+        return self.decode(np.where(rng.random(self.n_var) < 0.5, xa, xb))
+
+    def smallest(self) -> Arch:
+        """Least depth, smallest kernel and expand, lowest resolution."""
+        return self.decode(np.zeros(self.n_var, dtype=np.int64))
+
+    def largest(self) -> Arch:
+        """Most depth, largest kernel and expand, highest resolution."""
+        return self.decode(self.bounds[1])
+
+    def size(self) -> int:
+        """The exact number of distinct networks (canonical archs) in the space."""
+        per_block = len(self.kernels) * len(self.expands)
+        per_stage = sum(per_block ** d for d in self.depths)
+        return per_stage ** self.n_stages * len(self.resolutions)
+
+    # ------------------------------------------------------------------------ naming
+    def active_blocks(self, arch: Arch) -> Iterator[tuple[int, int, int, float]]:
+        """(stage, index in stage, kernel, expand) of every block the arch uses."""
+        md = self.max_depth
+        for s, depth in enumerate(arch.d):
+            for b in range(depth):
+                yield s, b, arch.k[s * md + b], arch.e[s * md + b]
+
+    def arch_name(self, arch: Arch) -> str:
+        """Short readable name: resolution, then one group per stage of k<kernel>e<expand>
+        blocks, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``. Safe in file names."""
+        parts = [f"r{arch.r}"]
+        groups: list[list[str]] = [[] for _ in range(self.n_stages)]
+        for s, _, k, e in self.active_blocks(arch):
+            groups[s].append(f"k{k}e{_num(e)}")
+        parts += [".".join(g) for g in groups]
+        return "-".join(parts)
+
+
+def _conv_out(hw: int, stride: int) -> int:
+    """Output size of a 'same'-padded odd-kernel conv: ceil(hw / stride)."""
+    return math.ceil(hw / stride)
+
+
+SPACES = {
+    "default": SearchSpace.default,
+    "default-w1.2": lambda: SearchSpace.default(1.2),
+    "small": SearchSpace.small,
+}
+
+
+def get_space(space: str | SearchSpace) -> SearchSpace:
+    """A space by preset name (``default``, ``default-w1.2``, ``small``) or as given."""
+    if isinstance(space, SearchSpace):
+        return space
+    try:
+        return SPACES[space]()
+    except KeyError:
+        raise SpaceError(f"unknown search space {space!r}; known: {sorted(SPACES)}") from None

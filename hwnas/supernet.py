@@ -1,0 +1,201 @@
+"""The weight-sharing supernet: the largest network, from which every subnet is cut.
+
+Elastic in three ways, as Once-for-All is: kernel size (a centre crop of the largest
+kernel passed through a learned per-size transform), expand ratio (the first channels of
+the middle width) and depth (a stage's trailing blocks skipped); any input resolution
+works because the head pools globally. :meth:`Supernet.subnet` returns a plain static
+network (``layers.py`` modules only) with the active weights copied out, which is what
+gets exported and timed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv, activation
+from hwnas.ops import build_network, ops
+from hwnas.space import Arch, SearchSpace, get_space
+
+
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, channels: int) -> torch.Tensor:
+    """BatchNorm over the first ``channels`` channels (running stats updated in place)."""
+    training = bn.training or not bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean[:channels], bn.running_var[:channels],
+                        bn.weight[:channels], bn.bias[:channels], training, bn.momentum or 0.0,
+                        bn.eps)
+
+
+def _bn_state(bn: nn.BatchNorm2d, index: torch.Tensor | slice, prefix: str) -> dict:
+    return {
+        f"{prefix}.weight": bn.weight[index], f"{prefix}.bias": bn.bias[index],
+        f"{prefix}.running_mean": bn.running_mean[index],
+        f"{prefix}.running_var": bn.running_var[index],
+        f"{prefix}.num_batches_tracked": bn.num_batches_tracked,
+    }
+
+
+class ElasticMBConv(nn.Module):
+    """An MBConv block holding its largest kernel and width; runs any (kernel, expand)."""
+
+    def __init__(self, space: SearchSpace, cin: int, cout: int, stride: int, act: str,
+                 se: bool) -> None:
+        super().__init__()
+        self.space, self.cin, self.cout, self.stride = space, cin, cout, stride
+        self.kernels = tuple(sorted(space.kernels, reverse=True))
+        self.max_kernel = self.kernels[0]
+        self.max_mid = space.mid_channels(cin, max(space.expands))
+        self.residual = stride == 1 and cin == cout
+        self.expand_conv = nn.Conv2d(cin, self.max_mid, 1, bias=False)
+        self.expand_bn = nn.BatchNorm2d(self.max_mid)
+        self.dw_conv = nn.Conv2d(self.max_mid, self.max_mid, self.max_kernel, stride,
+                                 self.max_kernel // 2, groups=self.max_mid, bias=False)
+        self.dw_bn = nn.BatchNorm2d(self.max_mid)
+        # Kernel transforms, one per step down (7->5, 5->3), identity at start (OFA).
+        self.kernel_transforms = nn.ParameterDict({
+            f"{big}to{small}": nn.Parameter(torch.eye(small * small))
+            for big, small in zip(self.kernels, self.kernels[1:])
+        })
+        self.se_max = space.se_channels(self.max_mid) if se else 0
+        if se:
+            self.se_reduce = nn.Conv2d(self.max_mid, self.se_max, 1, bias=True)
+            self.se_expand = nn.Conv2d(self.se_max, self.max_mid, 1, bias=True)
+        self.project_conv = nn.Conv2d(self.max_mid, cout, 1, bias=False)
+        self.project_bn = nn.BatchNorm2d(cout)
+        self.act = activation(act)
+        self.active_kernel = self.max_kernel
+        self.active_expand = max(space.expands)
+
+    @property
+    def active_mid(self) -> int:
+        return self.space.mid_channels(self.cin, self.active_expand)
+
+    def active_filter(self, mid: int, kernel: int) -> torch.Tensor:
+        """Depthwise weights for ``kernel``: centre crops transformed step by step."""
+        filt = self.dw_conv.weight[:mid]
+        for big, small in zip(self.kernels, self.kernels[1:]):
+            if big <= kernel:
+                break
+            start = (big - small) // 2
+            crop = filt[:, :, start:start + small, start:start + small].reshape(-1, small * small)
+            filt = F.linear(crop, self.kernel_transforms[f"{big}to{small}"]).reshape(
+                mid, 1, small, small)
+        return filt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid, k = self.active_mid, self.active_kernel
+        y = self.act(_bn(F.conv2d(x, self.expand_conv.weight[:mid]), self.expand_bn, mid))
+        y = F.conv2d(y, self.active_filter(mid, k), None, self.stride, k // 2, 1, mid)
+        y = self.act(_bn(y, self.dw_bn, mid))
+        if self.se_max:
+            sm = self.space.se_channels(mid)
+            s = y.mean((2, 3), keepdim=True)
+            s = F.relu(F.conv2d(s, self.se_reduce.weight[:sm, :mid], self.se_reduce.bias[:sm]))
+            s = F.conv2d(s, self.se_expand.weight[:mid, :sm], self.se_expand.bias[:mid])
+            y = y * F.hardsigmoid(s)
+        y = _bn(F.conv2d(y, self.project_conv.weight[:, :mid]), self.project_bn, self.cout)
+        return x + y if self.residual else y
+
+    def static_state(self, kernel: int, expand: float) -> dict[str, torch.Tensor]:
+        """State dict of the equivalent static :class:`~hwnas.layers.MBConv`."""
+        mid = self.space.mid_channels(self.cin, expand)
+        sd: dict[str, Any] = {"inverted_bottleneck.conv.weight": self.expand_conv.weight[:mid]}
+        sd |= _bn_state(self.expand_bn, slice(0, mid), "inverted_bottleneck.bn")
+        sd["depth_conv.conv.weight"] = self.active_filter(mid, kernel)
+        sd |= _bn_state(self.dw_bn, slice(0, mid), "depth_conv.bn")
+        if self.se_max:
+            sm = self.space.se_channels(mid)
+            sd["se.reduce.weight"] = self.se_reduce.weight[:sm, :mid]
+            sd["se.reduce.bias"] = self.se_reduce.bias[:sm]
+            sd["se.expand.weight"] = self.se_expand.weight[:mid, :sm]
+            sd["se.expand.bias"] = self.se_expand.bias[:mid]
+        sd["point_linear.conv.weight"] = self.project_conv.weight[:, :mid]
+        sd |= _bn_state(self.project_bn, slice(None), "point_linear.bn")
+        return {k: v.detach().clone() for k, v in sd.items()}
+
+    @torch.no_grad()
+    def reorganize_channels(self) -> None:
+        """Sort middle channels (and SE channels) by importance, most important first, so
+        small expand ratios keep the channels that matter. Function-preserving."""
+        if self.se_max:
+            se_order = self.se_expand.weight.abs().sum((0, 2, 3)).argsort(descending=True)
+            self.se_expand.weight.copy_(self.se_expand.weight[:, se_order])
+            self.se_reduce.weight.copy_(self.se_reduce.weight[se_order])
+            self.se_reduce.bias.copy_(self.se_reduce.bias[se_order])
+        order = self.project_conv.weight.abs().sum((0, 2, 3)).argsort(descending=True)
+        self.project_conv.weight.copy_(self.project_conv.weight[:, order])
+        if self.se_max:
+            self.se_expand.weight.copy_(self.se_expand.weight[order])
+            self.se_expand.bias.copy_(self.se_expand.bias[order])
+            self.se_reduce.weight.copy_(self.se_reduce.weight[:, order])
+        for conv, bn in ((self.dw_conv, self.dw_bn), (self.expand_conv, self.expand_bn)):
+            conv.weight.copy_(conv.weight[order])
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t.copy_(t[order])
+
+
+class Supernet(nn.Module):
+    """The elastic network of a :class:`SearchSpace`; ``set_active`` picks the subnet."""
+
+    def __init__(self, space: SearchSpace | str = "default", dropout: float = 0.0) -> None:
+        super().__init__()
+        space = get_space(space)
+        self.space = space
+        stem_c, first_c = space.stem_channels, space.first_block_channels
+        self.stem = ConvBNAct(space.in_channels, stem_c, 3, 2, act=space.stem_act)
+        self.first = MBConv(stem_c, stem_c, first_c, 3, 1, space.first_block_act,
+                            residual=stem_c == first_c, expand_conv=False)
+        self.stages = nn.ModuleList()
+        for s, spec in enumerate(space.stages):
+            self.stages.append(nn.ModuleList([
+                ElasticMBConv(space, space.block_input_channels(s, b), space.stage_widths[s],
+                              spec.stride if b == 0 else 1, spec.act, spec.se)
+                for b in range(space.max_depth)
+            ]))
+        self.final_expand = ConvBNAct(space.stage_widths[-1], space.final_expand_channels, 1,
+                                      act="hswish")
+        self.feature_mix = FeatureMix(space.final_expand_channels, space.feature_mix_channels)
+        self.classifier = Classifier(space.feature_mix_channels, space.num_classes, dropout)
+        self.active_arch = space.largest()
+        self.set_active(self.active_arch)
+
+    def set_active(self, arch: Arch | dict) -> Arch:
+        """Make ``arch`` the network that :meth:`forward` runs; returns it canonical."""
+        arch = self.space.arch(arch)
+        for s, b, k, e in self.space.active_blocks(arch):
+            block = self.stages[s][b]
+            block.active_kernel, block.active_expand = k, e
+        self.active_arch = arch
+        return arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(self.stem(x))
+        for stage, depth in zip(self.stages, self.active_arch.d):
+            for block in stage[:depth]:
+                x = block(x)
+        return self.classifier(self.feature_mix(self.final_expand(x)))
+
+    @torch.no_grad()
+    def subnet(self, arch: Arch | dict | None = None) -> nn.Sequential:
+        """A standalone static network for ``arch`` (default: the active one) with the
+        weights copied out; in eval mode it computes what the supernet computes."""
+        arch = self.active_arch if arch is None else self.space.arch(arch)
+        net = build_network(ops(arch, self.space))
+        modules = list(net)
+        modules[0].load_state_dict(self.stem.state_dict())
+        modules[1].load_state_dict(self.first.state_dict())
+        for module, (s, b, k, e) in zip(modules[2:], self.space.active_blocks(arch)):
+            module.load_state_dict(self.stages[s][b].static_state(k, e))
+        modules[-3].load_state_dict(self.final_expand.state_dict())
+        modules[-2].load_state_dict(self.feature_mix.state_dict())
+        modules[-1].load_state_dict(self.classifier.state_dict())
+        return net.train(self.training)
+
+    def reorganize_channels(self) -> None:
+        """Sort every block's middle channels by importance (OFA); outputs unchanged."""
+        for stage in self.stages:
+            for block in stage:
+                block.reorganize_channels()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv with everything the
+# tests and the quickstart need. Safe to run again: satisfied requirements are skipped.
+#   VENV=path  put the environment elsewhere
+#   EXTRAS=... which extras to install (default: test,tflite-convert,predict,search)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${VENV:-.venv}"
+EXTRAS="${EXTRAS:-test,tflite-convert,predict,search}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# A CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+echo "environment ready: $VENV"
