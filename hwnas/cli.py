@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hwnas.errors import HwnasError
@@ -98,6 +99,73 @@ def space_info(space: str = typer.Option("default", help=SPACE_HELP)) -> None:
                   f"params {lo.params / 1e6:.2f}-{hi.params / 1e6:.2f} M")
 
 
+@app.command("devices")
+def devices_cmd(
+    files: Optional[list[Path]] = typer.Argument(None, help="device files to validate "
+                                                 "(default: every file in devices/)"),
+) -> None:
+    """List device files, validate them, and say which are usable on this machine and,
+    for each that is not, what is missing."""
+    from hwnas.devices import check_usable, list_device_files, load_device
+
+    paths = files or list_device_files()
+    table = Table("device", "backend", "hardware", "threads", "precision", "usable here")
+    bad = 0
+    for path in paths:
+        try:
+            dev = load_device(path)
+        except HwnasError as exc:
+            bad += 1
+            table.add_row(str(path), "", "", "", "", f"[red]invalid:[/red] {escape(str(exc))}")
+            continue
+        missing = check_usable(dev)
+        status = "[green]yes[/green]" if missing is None else \
+            f"[yellow]no:[/yellow] {escape(missing)}"
+        table.add_row(dev.name, dev.backend, dev.hardware, str(dev.threads), dev.precision,
+                      status)
+    console.print(table)
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command("profile")
+def profile_cmd(
+    device: str = typer.Option(..., help="device file or name in devices/"),
+    space: str = typer.Option("default", help=SPACE_HELP),
+    resolutions: Optional[str] = typer.Option(None, help="comma-separated subset, e.g. "
+                                              "160,224 (default: all of the space)"),
+    subnets: int = typer.Option(0, min=0, help="also time N sampled subnets end to end "
+                                "(smallest and largest always included)"),
+    seed: int = typer.Option(0, help="seed for sampling subnets"),
+    out: Path = typer.Option(Path("lut"), help="folder for the tables"),
+    cache: Optional[Path] = typer.Option(None, help="folder for converted models "
+                                         "(default lut/.cache/<device>)"),
+) -> None:
+    """Measure every unique op of the space on a device (and optionally sampled subnets).
+    Resumes where an interrupted run stopped."""
+    from hwnas.profile import profile
+
+    res = _int_list(resolutions, "--resolutions") if resolutions else None
+    ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache)
+    for label, r in (("ops", ops_res), ("subnets", sub_res)):
+        if r is None:
+            continue
+        console.print(f"{label}: {len(r.table)} rows in {r.path} ({r.measured} measured now, "
+                      f"{r.reused} already there); build {r.build_s:.1f} s, timing "
+                      f"{r.timing_s:.1f} s ({r.timed_fraction:.0%} inside timed calls)")
+        for note in r.notes:
+            console.print(f"note: {note}", style="yellow")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        from hwnas.errors import HwnasError as _E
+
+        raise _E(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _read_archs(path: Path, sp):
     from hwnas.errors import ArchError
 
@@ -119,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)
     except HwnasError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}", highlight=False,
-                                                   markup=True)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}",
+                                                   highlight=False)
         sys.exit(2)
 
 

@@ -195,22 +195,61 @@ class Counts:
 
 
 @functools.lru_cache(maxsize=16)
-def _cost_tables(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
-    """(per-block table [R, S, D, K, E, 2], fixed cost per resolution [R, 2])."""
+def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[OpSpec]]]:
+    """Every block op by position: an object array [R, S, D, K, E] of :class:`OpSpec`, and
+    per resolution the fixed ops (stem, first block, head). The basis of every vectorised
+    per-arch sum (MACs, params, LUT latency)."""
     R, S, D = len(space.resolutions), space.n_stages, space.max_depth
     K, E = len(space.kernels), len(space.expands)
-    blocks = np.zeros((R, S, D, K, E, 2), dtype=np.int64)
-    fixed = np.zeros((R, 2), dtype=np.int64)
+    grid = np.empty((R, S, D, K, E), dtype=object)
+    fixed = []
     for ri, r in enumerate(space.resolutions):
         head, tail = fixed_ops(space, r)
-        fixed[ri] = [sum(o.macs for o in head + tail), sum(o.params for o in head + tail)]
+        fixed.append(head + tail)
         for s in range(S):
             for b in range(D):
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
-                        op = block_op(space, r, s, b, k, e)
-                        blocks[ri, s, b, ki, ei] = (op.macs, op.params)
-    return blocks, fixed
+                        grid[ri, s, b, ki, ei] = block_op(space, r, s, b, k, e)
+    return grid, fixed
+
+
+def tabulate(space: SearchSpace, value, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """``value(op)`` for every block position ([R, S, D, K, E, ...]) and the sum over each
+    resolution's fixed ops ([R, ...]). ``value`` may return a number or a tuple."""
+    grid, fixed = op_grid(space)
+    sample = np.asarray(value(grid.flat[0]), dtype=dtype)
+    blocks = np.zeros(grid.shape + sample.shape, dtype=dtype)
+    for idx, op in np.ndenumerate(grid):
+        blocks[idx] = value(op)
+    fixed_sum = np.stack([np.sum([np.asarray(value(op), dtype=dtype) for op in ops_r], axis=0)
+                          for ops_r in fixed])
+    return blocks, fixed_sum
+
+
+def sum_over_archs(X: np.ndarray, space: SearchSpace, blocks: np.ndarray,
+                   fixed: np.ndarray) -> np.ndarray:
+    """Sum a tabulated per-op value over each arch of an encoding matrix (no Python loop
+    per arch): fixed part of its resolution plus every active block's entry."""
+    D, step = space.max_depth, 1 + 2 * space.max_depth
+    ri = X[:, -1]
+    total = fixed[ri].astype(blocks.dtype, copy=True)
+    depths = np.asarray(space.depths)
+    for s in range(space.n_stages):
+        g = X[:, s * step:(s + 1) * step]
+        depth = depths[g[:, 0]]
+        for b in range(D):
+            cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
+            active = depth > b
+            if cost.ndim > 1:
+                active = active.reshape((-1,) + (1,) * (cost.ndim - 1))
+            total = total + np.where(active, cost, 0)
+    return total
+
+
+@functools.lru_cache(maxsize=16)
+def _cost_tables(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+    return tabulate(space, lambda op: (op.macs, op.params), dtype=np.int64)
 
 
 def encode_batch(archs: Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.ndarray:
@@ -226,19 +265,8 @@ def encode_batch(archs: Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.n
 
 def count_batch(archs: Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.ndarray:
     """MACs and params of many archs at once: an (n, 2) int64 array, no forward pass."""
-    X = encode_batch(archs, space)
     blocks, fixed = _cost_tables(space)
-    D, step = space.max_depth, 1 + 2 * space.max_depth
-    ri = X[:, -1]
-    total = fixed[ri].copy()
-    depths = np.asarray(space.depths)
-    for s in range(space.n_stages):
-        g = X[:, s * step:(s + 1) * step]
-        depth = depths[g[:, 0]]
-        for b in range(D):
-            cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
-            total += cost * (depth > b)[:, None]
-    return total
+    return sum_over_archs(encode_batch(archs, space), space, blocks, fixed)
 
 
 def count(arch: Arch, space: SearchSpace) -> Counts:

@@ -1,0 +1,107 @@
+"""What every backend provides: a prepared model (:class:`Runner`) that can be run and
+timed, plus a check of whether this machine can run the device at all."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_CACHE = Path("lut") / ".cache"
+
+
+def wallclock(fn: Callable[[], Any], n: int) -> np.ndarray:
+    """Seconds taken by each of ``n`` calls of ``fn`` (monotonic clock, per call)."""
+    out = np.empty(n, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        start = clock()
+        fn()
+        out[i] = clock() - start
+    return out * 1e-9
+
+
+@dataclass
+class Runner:
+    """One model loaded in one runtime.
+
+    ``run()`` does one inference on a fixed input; ``time(n)`` returns the seconds of
+    ``n`` timed inferences (per call where the runtime allows, else per batch of calls);
+    ``infer(x)`` runs a given NCHW numpy input and returns the output (for checking
+    numbers against PyTorch); ``close()`` frees the runtime's resources.
+    """
+
+    run: Callable[[], Any]
+    time: Callable[[int], np.ndarray]
+    infer: Callable[[np.ndarray], np.ndarray] | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A runtime on a device. Subclasses implement :meth:`prepare` and :meth:`check`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, device, cache_dir: str | Path | None = None) -> None:
+        self.device = device
+        self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE / device.name
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    @abstractmethod
+    def check(cls, device) -> str | None:
+        """None if this machine can run ``device``; else what is missing, in words."""
+
+    @classmethod
+    def runtime_info(cls, device) -> dict[str, Any]:
+        """Runtime name and version and the hardware it runs on (for the fingerprint)."""
+        return {}
+
+    @abstractmethod
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
+        """Build/convert ``module`` (batch-1 NCHW input of ``input_shape``) for timing."""
+
+    def cache_path(self, key: str, suffix: str) -> Path:
+        """A file name for a converted artefact of ``key`` (op keys contain ':' and '>')."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return self.cache_dir / f"{digest}{suffix}"
+
+
+def sample_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """A fixed random input (timing does not depend on values, checks do)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+def cuda_events(fn: Callable[[], Any], n: int, stream: "torch.cuda.Stream | None" = None
+                ) -> np.ndarray:
+    """Seconds of each of ``n`` calls measured with CUDA events on ``stream``: the clock
+    stops only when the GPU has finished the work queued by the call."""
+    stream = stream or torch.cuda.current_stream()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    torch.cuda.synchronize()
+    for s, e in zip(starts, ends):
+        s.record(stream)
+        fn()
+        e.record(stream)
+    torch.cuda.synchronize()
+    return np.array([s.elapsed_time(e) for s, e in zip(starts, ends)]) * 1e-3
+
+
+def cuda_missing(index: int = 0) -> str | None:
+    """Why PyTorch cannot use CUDA device ``index`` here, or None."""
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU visible to PyTorch (torch {torch.__version__}" + (
+            ", a CPU-only build)" if torch.version.cuda is None else ")")
+    if index >= torch.cuda.device_count():
+        return f"CUDA device {index} requested, {torch.cuda.device_count()} present"
+    return None

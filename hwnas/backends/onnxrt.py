@@ -1,0 +1,108 @@
+"""ONNX Runtime: each op/subnet exported to ONNX, run with a fixed thread count.
+
+The deployed (optimised, fused) graph is what is timed; wall clock around
+``session.run`` on CPU, and around ``run_with_iobinding`` with device-resident input and
+output on CUDA (the CUDA EP synchronises its stream at the end of a run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwnas.backends.base import Backend, Runner, cuda_missing, sample_input, wallclock
+from hwnas.convert import to_onnx
+from hwnas.errors import BackendError
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    @classmethod
+    def check(cls, device) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)"
+        ep = device.execution_provider
+        if ep not in ort.get_available_providers():
+            return (f"ONNX Runtime {ort.__version__} has no {ep}; available: "
+                    f"{ort.get_available_providers()} (CUDA needs the onnxruntime-gpu package)")
+        if device.hardware == "cuda":
+            return cuda_missing(device.cuda_device)
+        return None
+
+    @classmethod
+    def runtime_info(cls, device) -> dict[str, Any]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return {"runtime": "onnxruntime", "runtime_version": None}
+        info: dict[str, Any] = {"runtime": "onnxruntime", "runtime_version": ort.__version__}
+        if device.hardware == "cuda" and torch.cuda.is_available():
+            from hwnas.fingerprint import gpu_info
+
+            info["gpu"] = torch.cuda.get_device_name(device.cuda_device)
+            info["gpu_driver"] = gpu_info().get("gpu_driver")
+        return info
+
+    def onnx_file(self, module: nn.Module, input_shape: tuple[int, ...], key: str):
+        path = self.cache_path(key, ".onnx")
+        if not path.exists():
+            dtype = torch.float16 if self.device.precision == "fp16" else torch.float32
+            dev = "cuda" if self.device.hardware == "cuda" else "cpu"
+            to_onnx(module.eval().to(dev, dtype), sample_input(input_shape).to(dev, dtype), path)
+        return path
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
+        import onnxruntime as ort
+
+        path = self.onnx_file(module, input_shape, key)
+        dev = self.device
+        providers: list[Any] = [dev.execution_provider]
+        if dev.hardware == "cuda":
+            providers = [(dev.execution_provider, {"device_id": dev.cuda_device})]
+        try:
+            sess = ort.InferenceSession(str(path), session_options(dev.threads),
+                                        providers=providers)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime could not load {path}: {exc}") from exc
+        np_dtype = np.float16 if dev.precision == "fp16" else np.float32
+        x = sample_input(input_shape).numpy().astype(np_dtype)
+        in_name = sess.get_inputs()[0].name
+        out_name = sess.get_outputs()[0].name
+
+        def infer(arr: np.ndarray) -> np.ndarray:
+            return sess.run(None, {in_name: arr.astype(np_dtype)})[0].astype(np.float32)
+
+        if dev.hardware == "cuda":
+            binding = sess.io_binding()
+            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", dev.cuda_device)
+            binding.bind_ortvalue_input(in_name, x_dev)
+            binding.bind_output(out_name, "cuda", dev.cuda_device)
+
+            def run() -> None:
+                sess.run_with_iobinding(binding)
+        else:
+            feed = {in_name: x}
+
+            def run() -> None:
+                sess.run(None, feed)
+
+        return Runner(run=run, time=lambda n: wallclock(run, n), infer=infer,
+                      info={"onnx": str(path), "providers": sess.get_providers()})

@@ -1,0 +1,61 @@
+"""PyTorch eager: wall clock on CPU, CUDA events on GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwnas.backends.base import Backend, Runner, cuda_events, cuda_missing, sample_input, wallclock
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, device, cache_dir=None) -> None:
+        super().__init__(device, cache_dir)
+        torch.set_num_threads(device.threads)
+        self.torch_device = torch.device(
+            f"cuda:{device.cuda_device}" if device.hardware == "cuda" else "cpu")
+        self.dtype = torch.float16 if device.precision == "fp16" else torch.float32
+
+    @classmethod
+    def check(cls, device) -> str | None:
+        if device.hardware == "cuda":
+            return cuda_missing(device.cuda_device)
+        return None
+
+    @classmethod
+    def runtime_info(cls, device) -> dict[str, Any]:
+        info: dict[str, Any] = {"runtime": "torch", "runtime_version": torch.__version__}
+        if device.hardware == "cuda" and torch.cuda.is_available():
+            from hwnas.fingerprint import gpu_info
+
+            info["gpu"] = torch.cuda.get_device_name(device.cuda_device)
+            info["gpu_driver"] = gpu_info().get("gpu_driver")
+            info["cuda"] = torch.version.cuda
+        return info
+
+    def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
+        module = module.eval().to(self.torch_device, self.dtype)
+        x = sample_input(input_shape).to(self.torch_device, self.dtype)
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return module(x)
+
+        def infer(arr: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                t = torch.from_numpy(arr).to(self.torch_device, self.dtype)
+                return module(t).float().cpu().numpy()
+
+        if self.torch_device.type == "cuda":
+            def timer(n: int) -> np.ndarray:
+                return cuda_events(run, n)
+        else:
+            def timer(n: int) -> np.ndarray:
+                return wallclock(run, n)
+
+        return Runner(run=run, time=timer, infer=infer)

@@ -1,0 +1,339 @@
+"""Profiling: measure every op (and sampled subnets) of a space on a device into a LUT.
+
+Measurement protocol, the same on every backend:
+
+1. **Build** every item (export/convert and load it in the runtime), timed as its own phase.
+2. **Time** in ``rounds`` interleaved rounds over the whole set (or a window of it), each
+   round in a freshly shuffled order, so slow drift of a shared machine hits every item
+   alike; each visit does ``warmup`` untimed calls then ``runs`` timed ones.
+3. **Summarise** each item by the median, p10/p90 and count of all its timed calls;
+   a row whose spread ``(p90 - p10) / median`` exceeds ``max_spread`` is measured again
+   (up to ``max_retries`` times, same protocol) and the least noisy attempt is kept.
+
+Resumable: every visit's samples go to a journal (``<table>.journal.parquet``) that is
+rewritten atomically after every few visits; finished rows go to the table atomically.
+After an interruption at any moment (kill -9 included) the same command continues from
+the journal, and the final table holds every item exactly once. A table or journal
+measured with another fingerprint is refused, saying what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from hwnas.devices import Device, device_fingerprint, fingerprint_diff, load_device
+from hwnas.errors import LutError
+from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
+from hwnas.ops import OpSpec, build_network, count, ops, unique_ops
+from hwnas.space import Arch, SearchSpace, get_space
+
+FLUSH_EVERY = 8  # visits between journal writes
+
+
+@dataclass
+class Item:
+    """Something to time: an op or a subnet."""
+
+    key: str
+    row: dict[str, Any]
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+
+
+@dataclass
+class ProfileResult:
+    """What a profiling run did and where it went."""
+
+    path: Path
+    table: pd.DataFrame
+    measured: int = 0
+    reused: int = 0
+    build_s: float = 0.0
+    timing_s: float = 0.0
+    timed_s: float = 0.0  # seconds inside timed calls
+    visits: int = 0       # (item, round) timings done by this run (not taken from a journal)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def timed_fraction(self) -> float:
+        return self.timed_s / self.timing_s if self.timing_s > 0 else 0.0
+
+
+class Journal:
+    """Samples measured so far, by (key, attempt, round); survives any interruption."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.samples: dict[tuple[str, int, int], np.ndarray] = {}
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(self.path)
+        except Exception as exc:
+            raise LutError(f"{self.path}: unreadable profiling journal ({exc}); delete it to "
+                           f"start over") from None
+        import json
+
+        meta = json.loads((table.schema.metadata or {}).get(b"hwnas", b"{}"))
+        diff = fingerprint_diff(meta.get("fingerprint", {}), self.meta["fingerprint"])
+        if diff:
+            raise LutError(f"cannot resume from {self.path}: it was measured with another "
+                           f"fingerprint ({'; '.join(diff)}); delete it or profile into "
+                           f"another --out folder")
+        df = table.to_pandas()
+        for key, attempt, rnd, s in zip(df["key"], df["attempt"], df["round"], df["samples_ms"]):
+            self.samples.setdefault((key, int(attempt), int(rnd)), np.asarray(s, dtype=float))
+
+    def has(self, key: str, attempt: int, rnd: int) -> bool:
+        return (key, attempt, rnd) in self.samples
+
+    def add(self, key: str, attempt: int, rnd: int, samples_ms: np.ndarray) -> None:
+        self.samples[(key, attempt, rnd)] = np.asarray(samples_ms, dtype=float)
+
+    def attempt_samples(self, key: str, attempt: int) -> np.ndarray:
+        parts = [v for (k, a, _), v in self.samples.items() if k == key and a == attempt]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        keys = set(keys)
+        self.samples = {k: v for k, v in self.samples.items() if k[0] not in keys}
+
+    def flush(self) -> None:
+        if not self.samples:
+            self.path.unlink(missing_ok=True)
+            return
+        df = pd.DataFrame({
+            "key": [k[0] for k in self.samples], "attempt": [k[1] for k in self.samples],
+            "round": [k[2] for k in self.samples],
+            "samples_ms": [v.tolist() for v in self.samples.values()],
+        })
+        write_table(df, self.path, {**self.meta, "kind": "journal"})
+
+
+def summarize(samples_ms: np.ndarray) -> dict[str, float]:
+    """Median, p10, p90, spread and count of timed calls (ms)."""
+    med = float(np.median(samples_ms))
+    p10, p90 = (float(v) for v in np.percentile(samples_ms, [10, 90]))
+    return {"latency_ms": med, "p10_ms": p10, "p90_ms": p90,
+            "spread": (p90 - p10) / med if med > 0 else float("inf"),
+            "count": int(samples_ms.size)}
+
+
+@contextlib.contextmanager
+def pinned(cores: Sequence[int] | None):
+    """Pin this process to ``cores`` for the duration (Linux), then restore."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    disable=not enabled, transient=False)
+
+
+class Profiler:
+    """Runs the measurement protocol for a device into one table."""
+
+    def __init__(self, device: Device | str, space: SearchSpace | str, path: Path,
+                 kind: str, cache_dir: str | Path | None = None, progress: bool = True) -> None:
+        from hwnas.backends import get_backend
+
+        self.device = load_device(device)
+        self.space = get_space(space)
+        self.path = Path(path)
+        self.kind = kind
+        self.protocol = self.device.protocol
+        self.progress = progress
+        self.fingerprint = device_fingerprint(self.device)
+        self.meta = {"kind": kind, "fingerprint": self.fingerprint,
+                     "space": self.space.to_dict(), "device": self.device.to_dict(),
+                     "protocol": self.device.protocol.__dict__}
+        self.backend = get_backend(self.device, cache_dir)
+
+    def _existing(self) -> pd.DataFrame | None:
+        if not self.path.exists():
+            return None
+        df, meta = read_table(self.path, self.kind)
+        diff = fingerprint_diff(meta.get("fingerprint") or {}, self.fingerprint)
+        if diff:
+            raise LutError(f"cannot resume or extend {self.path}: it was measured with another "
+                           f"fingerprint ({'; '.join(diff)}); profile into another --out "
+                           f"folder or delete it")
+        space = SearchSpace.from_dict(meta["space"]) if "space" in meta else None
+        if space is not None and space.id != self.space.id:
+            raise LutError(f"cannot extend {self.path}: it holds space {space.name!r}, not "
+                           f"{self.space.name!r}")
+        return df
+
+    def run(self, items: Sequence[Item]) -> ProfileResult:
+        existing = self._existing()
+        done = set(existing["key"]) if existing is not None else set()
+        pending = [it for it in dict((it.key, it) for it in items).values() if it.key not in done]
+        result = ProfileResult(self.path, existing if existing is not None else pd.DataFrame(),
+                               reused=len(items) - len(pending))
+        if not pending:
+            return result
+        journal = Journal(self.path.with_name(self.path.name.replace(".parquet", "")
+                                              + ".journal.parquet"), self.meta)
+        window = self.protocol.window or len(pending)
+        with pinned(self.device.cpu_affinity), _progress(self.progress) as bar:
+            for start in range(0, len(pending), window):
+                chunk = pending[start:start + window]
+                rows = self._measure(chunk, journal, bar, result)
+                table = pd.concat([result.table, pd.DataFrame(rows)], ignore_index=True) \
+                    if len(result.table) else pd.DataFrame(rows)
+                write_table(table, self.path, self.meta)
+                result.table = table
+                journal.drop(r["key"] for r in rows)
+                journal.flush()
+                result.measured += len(rows)
+        return result
+
+    def _measure(self, items: Sequence[Item], journal: Journal, bar, result: ProfileResult
+                 ) -> list[dict[str, Any]]:
+        p = self.protocol
+        t0 = time.perf_counter()
+        build_task = bar.add_task(f"build {self.device.backend}", total=len(items))
+        runners = {}
+        for it in items:
+            torch.manual_seed(0)
+            runners[it.key] = self.backend.prepare(
+                it.build(), it.input_shape, f"{it.key}|{self.device.precision}")
+            bar.advance(build_task)
+        result.build_s += time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        best: dict[str, dict[str, Any]] = {}
+        todo = [it.key for it in items]
+        for attempt in range(p.max_retries + 1):
+            if not todo:
+                break
+            label = "time" if attempt == 0 else f"re-time (noisy, try {attempt})"
+            task = bar.add_task(label, total=len(todo) * p.rounds)
+            visits = 0
+            for rnd in range(p.rounds):
+                order = list(todo)
+                np.random.default_rng([p.seed, attempt, rnd]).shuffle(order)
+                for key in order:
+                    if not journal.has(key, attempt, rnd):
+                        runner = runners[key]
+                        if p.warmup and not runner.info.get("warmup_inside"):
+                            runner.time(p.warmup)
+                        samples = runner.time(p.runs)
+                        result.timed_s += float(samples.sum())
+                        journal.add(key, attempt, rnd, samples * 1e3)
+                        visits += 1
+                        result.visits += 1
+                        if visits % FLUSH_EVERY == 0:
+                            journal.flush()
+                    bar.advance(task)
+            journal.flush()
+            for key in todo:
+                stats = summarize(journal.attempt_samples(key, attempt))
+                stats["attempts"] = attempt + 1
+                if key not in best or stats["spread"] < best[key]["spread"]:
+                    best[key] = stats
+            todo = [k for k in todo if best[k]["spread"] > p.max_spread]
+        for r in runners.values():
+            r.close()
+        result.timing_s += time.perf_counter() - t1
+        noisy = [k for k in best if best[k]["spread"] > p.max_spread]
+        if noisy:
+            result.notes.append(f"{len(noisy)} row(s) stayed above spread "
+                                f"{p.max_spread:g} after {p.max_retries} re-measurements")
+        by_key = {it.key: it for it in items}
+        return [{**by_key[k].row, **best[k], "measured_at": pd.Timestamp.now(tz="UTC")}
+                for k in by_key]
+
+
+# ----------------------------------------------------------------------- public API
+def op_items(op_list: Iterable[OpSpec]) -> list[Item]:
+    return [Item(op.key, op.row(), op.build, op.input_shape) for op in op_list]
+
+
+def subnet_items(archs: Iterable[Arch], space: SearchSpace) -> list[Item]:
+    items = []
+    for arch in archs:
+        c = count(arch, space)
+        row = {"key": arch.key, "arch": arch.to_json(), "name": space.arch_name(arch),
+               "r": arch.r, "macs": c.macs, "params": c.params}
+        items.append(Item(arch.key, row, lambda a=arch: build_network(ops(a, space)),
+                          (1, space.in_channels, arch.r, arch.r)))
+    return items
+
+
+def sample_subnets(space: SearchSpace, n: int, seed: int = 0,
+                   resolutions: Sequence[int] | None = None) -> list[Arch]:
+    """``n`` distinct archs: always the smallest and the largest, the rest uniform (over
+    ``resolutions`` when given)."""
+    res = sorted(resolutions) if resolutions else list(space.resolutions)
+    lo, hi = space.smallest(), space.largest()
+    archs = {space.arch(r=res[0], d=lo.d, k=lo.k, e=lo.e): None,
+             space.arch(r=res[-1], d=hi.d, k=hi.k, e=hi.e): None}
+    rng = np.random.default_rng(seed)
+    while len(archs) < n:
+        a = space.sample(1, rng)[0]
+        archs[space.arch(r=int(rng.choice(res)), d=a.d, k=a.k, e=a.e)] = None
+    return list(archs)[:max(n, 2)]
+
+
+def profile(device: Device | str, space: SearchSpace | str = "default",
+            resolutions: Sequence[int] | None = None, subnets: int = 0, seed: int = 0,
+            out_dir: str | Path = "lut", cache_dir: str | Path | None = None,
+            op_list: Sequence[OpSpec] | None = None, progress: bool = True
+            ) -> tuple[ProfileResult, ProfileResult | None]:
+    """Measure every unique op of ``space`` (at ``resolutions``) on ``device`` into
+    ``<out_dir>/<device>.parquet`` and, with ``subnets``, that many sampled subnets into
+    ``<out_dir>/<device>.subnets.parquet``. Resumes where an earlier run stopped."""
+    device = load_device(device)
+    space = get_space(space)
+    if resolutions:
+        bad = [r for r in resolutions if r not in space.resolutions]
+        if bad:
+            raise LutError(f"resolution(s) {bad} are not in space {space.name!r}; allowed: "
+                           f"{list(space.resolutions)}")
+    op_path, subnet_path = table_paths(device.name, out_dir)
+    targets = list(op_list) if op_list is not None else unique_ops(space, resolutions)
+    ops_result = Profiler(device, space, op_path, "ops", cache_dir, progress).run(
+        op_items(targets))
+    subnet_result = None
+    if subnets:
+        archs = sample_subnets(space, subnets, seed, resolutions)
+        window = device.protocol.window or 32
+        import dataclasses
+
+        dev = dataclasses.replace(device, protocol=dataclasses.replace(device.protocol,
+                                                                       window=window))
+        subnet_result = Profiler(dev, space, subnet_path, "subnets", cache_dir, progress).run(
+            subnet_items(archs, space))
+    return ops_result, subnet_result
+
+
+__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "profile", "sample_subnets",
+           "summarize", "SCHEMA_VERSION"]

@@ -1,0 +1,127 @@
+"""Real runtimes on this machine's CPU: PyTorch, ONNX Runtime and LiteRT. GPU paths run
+where the hardware is, and skip elsewhere saying what they need."""
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.backends import get_backend
+from hwnas.backends.base import sample_input
+from hwnas.devices import load_device
+from hwnas.ops import build_network, ops, unique_ops
+
+
+def _op(space, kind="mbconv", se=True):
+    return next(o for o in unique_ops(space, [40]) if o.kind == kind and bool(o.se_mid) == se)
+
+
+@pytest.fixture(scope="module")
+def subnet(small):
+    torch.manual_seed(0)
+    arch = small.sample(1, seed=3)[0]
+    return arch, build_network(ops(arch, small))
+
+
+@pytest.mark.parametrize("name, tol", [("cpu-torch", 1e-6), ("cpu-onnxruntime", 1e-4),
+                                       ("cpu-tflite", 1e-3)])
+def test_cpu_backends_time_an_op_and_a_subnet(name, tol, small, subnet, tmp_path):
+    backend = get_backend(load_device(name), tmp_path)
+    torch.manual_seed(0)
+    op = _op(small)
+    module = op.build()
+    runner = backend.prepare(module, op.input_shape, op.key)
+    t = runner.time(20)
+    assert t.shape == (20,) and np.all(t > 0) and np.all(t < 1.0)
+    x = sample_input(op.input_shape, seed=5).numpy()
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.infer(x) - ref).max() <= tol
+    arch, net = subnet
+    shape = (1, 3, arch.r, arch.r)
+    runner = backend.prepare(net, shape, "subnet:" + arch.key)
+    assert np.all(runner.time(5) > 0)
+    x = sample_input(shape, seed=6).numpy()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.infer(x) - ref).max() <= tol
+
+
+def test_onnx_files_are_cached_by_key(small, tmp_path):
+    backend = get_backend(load_device("cpu-onnxruntime"), tmp_path)
+    op = _op(small, se=False)
+    backend.prepare(op.build(), op.input_shape, op.key)
+    files = list(tmp_path.glob("*.onnx"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    backend.prepare(op.build(), op.input_shape, op.key)
+    assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_tflite_models_take_nhwc_without_a_transpose(small, tmp_path):
+    backend = get_backend(load_device("cpu-tflite"), tmp_path)
+    op = _op(small)
+    runner = backend.prepare(op.build(), op.input_shape, op.key)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=runner.info["tflite"])
+    n, c, h, w = op.input_shape
+    assert tuple(it.get_input_details()[0]["shape"]) == (n, h, w, c)
+    assert "TRANSPOSE" not in runner.info["ops"]
+    assert "DEPTHWISE_CONV_2D" in runner.info["ops"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_litert_gpu_is_reported_unusable_without_a_gpu():
+    dev = dataclasses.replace(load_device("cpu-tflite"), hardware="cuda", name="gpu-tflite")
+    from hwnas.backends.tflite import TFLiteBackend
+
+    msg = TFLiteBackend.check(dev)
+    assert msg is not None and "GPU accelerator is unusable" in msg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU and a CUDA build of torch (cuda-torch device)")
+def test_cuda_torch_backend(small, tmp_path):  # pragma: no cover - GPU machines only
+    backend = get_backend(load_device("cuda-torch"), tmp_path)
+    op = _op(small)
+    runner = backend.prepare(op.build(), op.input_shape, op.key)
+    assert np.all(runner.time(10) > 0)
+
+
+def test_tensorrt_pure_parts():
+    from hwnas.backends.tensorrt import (builder_settings, network_flags, parse_errors,
+                                         summarize_layer_times)
+
+    dev = load_device("cuda-tensorrt")
+    s = builder_settings(dev)
+    assert s["precision"] == "fp16" and s["workspace_bytes"] == 1024 << 20
+    trt10 = types.SimpleNamespace(__version__="10.3.0")
+    assert network_flags(trt10) == 0
+    trt8 = types.SimpleNamespace(__version__="8.6.1", NetworkDefinitionCreationFlag=types.
+                                 SimpleNamespace(EXPLICIT_BATCH=0))
+    assert network_flags(trt8) == 1
+    rows = summarize_layer_times({"conv1": [0.2, 0.4, 0.3], "relu": [0.1, 0.1], "empty": []})
+    assert [r["layer"] for r in rows] == ["conv1", "relu"]
+    assert rows[0]["median_ms"] == pytest.approx(0.3) and rows[0]["calls"] == 3
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    err = types.SimpleNamespace(desc=lambda: "Unsupported ONNX op")
+    parser = types.SimpleNamespace(num_errors=2, get_error=lambda i: err)
+    assert parse_errors(parser) == "Unsupported ONNX op; Unsupported ONNX op"
+
+
+def test_tensorrt_engine():
+    pytest.importorskip("tensorrt", reason="needs the tensorrt package, an NVIDIA GPU and "
+                        "driver (pip install 'hwnas[tensorrt]' on a CUDA machine)")
+    if not torch.cuda.is_available():  # pragma: no cover
+        pytest.skip("needs a CUDA GPU visible to torch for TensorRT buffers")
+    from hwnas.space import SearchSpace  # pragma: no cover
+
+    sp = SearchSpace.small()  # pragma: no cover
+    op = _op(sp)  # pragma: no cover
+    backend = get_backend(load_device("cuda-tensorrt"))  # pragma: no cover
+    runner = backend.prepare(op.build(), op.input_shape, op.key)  # pragma: no cover
+    assert np.all(runner.time(10) > 0)  # pragma: no cover
+    assert runner.info["layer_times"](5)  # pragma: no cover

@@ -1,0 +1,171 @@
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hwnas.backends.base import Runner
+from hwnas.devices import load_device
+from hwnas.errors import LutError
+from hwnas.lut import LatencyTable, read_table, write_table
+from hwnas.ops import unique_ops
+from hwnas.profile import Profiler, op_items, profile, sample_subnets, summarize
+
+
+def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
+    ops_res, sub_res = profile("cpu-onnxruntime", small, resolutions=[32], subnets=4,
+                               out_dir=tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    expected = {o.key for o in unique_ops(small, [32])}
+    table = ops_res.table
+    assert set(table["key"]) == expected and not table["key"].duplicated().any()
+    assert (table["latency_ms"] > 0).all() and (table["p10_ms"] <= table["latency_ms"]).all()
+    assert (table["latency_ms"] <= table["p90_ms"]).all()
+    p = load_device("cpu-onnxruntime").protocol
+    assert (table["count"] % (p.runs * p.rounds) == 0).all()
+    lut = LatencyTable.load(tmp_path / "cpu-onnxruntime.parquet", space=small)
+    subs, meta = read_table(tmp_path / "cpu-onnxruntime.subnets.parquet", "subnets")
+    assert len(subs) == 4 and meta["fingerprint"]["runtime"] == "onnxruntime"
+    names = set(subs["name"])
+    assert small.arch_name(small.smallest()) in names  # smallest and largest always there
+    archs = [small.arch(json.loads(a)) for a in subs["arch"]]
+    assert np.all(lut.predict(archs) > 0)
+    # a second run measures nothing and keeps every row
+    again, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path,
+                       cache_dir=tmp_path / "cache", progress=False)
+    assert again.measured == 0 and again.reused == len(expected) and len(again.table) == len(table)
+
+
+def test_sample_subnets_always_has_extremes(small):
+    archs = sample_subnets(small, 10, seed=1)
+    assert len(set(archs)) == 10 and archs[0] == small.smallest() and archs[1] == small.largest()
+    assert {a.r for a in sample_subnets(small, 10, seed=1, resolutions=[40])} == {40}
+
+
+def test_summarize():
+    s = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    assert s["latency_ms"] == 3.0 and s["count"] == 5 and s["p90_ms"] > s["p10_ms"]
+
+
+class FakeBackend:
+    """Deterministic 'timings' so the protocol itself can be checked."""
+
+    def __init__(self, noisy_first=()):
+        self.visits = []
+        self.noisy_first = set(noisy_first)
+        self.calls = {}
+
+    def prepare(self, module, shape, key):
+        key = key.split("|")[0]
+
+        def time_(n):
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if n == 3:  # warm-up
+                return np.full(n, 1e-3)
+            self.visits.append(key)
+            if key in self.noisy_first and self.calls[key] <= 4:  # warm-up + timed, 2 rounds
+                return np.linspace(1e-4, 1e-2, n)  # spread far above the threshold
+            return np.full(n, 1e-3) + np.linspace(0, 1e-6, n)
+
+        return Runner(run=lambda: None, time=time_)
+
+
+def _profiler(tmp_path, small, backend, **protocol):
+    dev = load_device("cpu-onnxruntime")
+    dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol, **protocol))
+    prof = Profiler(dev, small, tmp_path / "t.parquet", "ops", tmp_path / "c", progress=False)
+    prof.backend = backend
+    return prof
+
+
+def test_rounds_are_interleaved_and_shuffled(tmp_path, small):
+    backend = FakeBackend()
+    items = op_items(unique_ops(small, [32])[:12])
+    res = _profiler(tmp_path, small, backend, rounds=4, runs=5, max_retries=0).run(items)
+    v = backend.visits
+    assert len(v) == 48 and res.visits == 48
+    rounds = [v[i * 12:(i + 1) * 12] for i in range(4)]
+    assert all(sorted(r) == sorted(it.key for it in items) for r in rounds)  # every item once
+    assert len({tuple(r) for r in rounds}) > 1  # in differing orders
+    assert (res.table["count"] == 20).all()
+
+
+def test_noisy_rows_are_measured_again(tmp_path, small):
+    items = op_items(unique_ops(small, [32])[:6])
+    noisy = items[2].key
+    backend = FakeBackend(noisy_first=[noisy])
+    res = _profiler(tmp_path, small, backend, rounds=2, runs=5, max_retries=2,
+                    max_spread=0.1).run(items)
+    row = res.table.set_index("key").loc[noisy]
+    assert row["attempts"] == 2 and row["spread"] < 0.1
+    assert (res.table.set_index("key").drop(noisy)["attempts"] == 1).all()
+    assert backend.visits.count(noisy) == 4 and backend.visits.count(items[0].key) == 2
+
+
+def test_resume_refuses_another_fingerprint(tmp_path, small):
+    items = op_items(unique_ops(small, [32])[:3])
+    prof = _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, max_retries=0)
+    prof.run(items)
+    df, meta = read_table(tmp_path / "t.parquet")
+    meta["fingerprint"] = {**meta["fingerprint"], "threads": 8, "cpu": "Other CPU"}
+    write_table(df, tmp_path / "t.parquet", meta)
+    with pytest.raises(LutError, match="another fingerprint.*cpu: 'Other CPU'.*threads: 8 vs 1"):
+        _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2).run(op_items(
+            unique_ops(small, [32])))
+
+
+def _journal_visits(path: Path) -> int:
+    if not path.exists():
+        return 0
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).num_rows
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_profile_loses_and_duplicates_nothing(tmp_path, small):
+    """Kill a real profiling process twice at different moments; the resumed run measures
+    only what the journal lacks and the final table has every op exactly once."""
+    dev_file = tmp_path / "kill-ort.yaml"
+    dev_file.write_text(yaml.safe_dump({
+        "name": "kill-ort", "backend": "onnxruntime", "hardware": "cpu", "threads": 1,
+        "protocol": {"warmup": 1, "runs": 400, "rounds": 3, "max_retries": 0}}))
+    out = tmp_path / "lut"
+    journal = out / "kill-ort.journal.parquet"
+    cmd = [sys.executable, "-m", "hwnas", "profile", "--device", str(dev_file), "--space",
+           "small", "--resolutions", "32", "--out", str(out), "--cache", str(tmp_path / "c")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    seen = []
+    for wait_visits in (10, 120):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 240
+        while _journal_visits(journal) < wait_visits and time.time() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "profiling finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.append(_journal_visits(journal))
+    assert seen[1] > seen[0] > 0  # the second run continued from the first's journal
+    assert not (out / "kill-ort.parquet").exists()  # no row is final before all rounds
+    from hwnas.profile import profile as run_profile
+
+    n_ops = len(unique_ops(small, [32]))
+    ops_res, _ = run_profile(str(dev_file), small, [32], out_dir=out,
+                             cache_dir=tmp_path / "c", progress=False)
+    assert ops_res.visits == n_ops * 3 - seen[1]  # nothing measured twice, nothing lost
+    table = ops_res.table
+    assert len(table) == n_ops and not table["key"].duplicated().any()
+    assert (table["count"] == 3 * 400).all()
+    assert not journal.exists()  # cleaned up once every row is final
