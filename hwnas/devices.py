@@ -37,8 +37,8 @@ REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
 class MeasureProtocol:
     """How each op or subnet is timed (see docs/architecture.md, 'Measurement protocol')."""
 
-    warmup: int = 3          # untimed calls before each round's timed calls
-    runs: int = 25           # timed calls per round
+    warmup: int = 2          # untimed calls before each visit's timed calls
+    runs: int = 30           # timed calls per visit
     rounds: int = 5          # interleaved rounds over the whole set, each in shuffled order
     max_spread: float = 0.2  # (p90 - p10) / median above this: measure the row again
     max_retries: int = 2     # how many times a noisy row is measured again

@@ -11,7 +11,7 @@ Measurement protocol, the same on every backend:
    (up to ``max_retries`` times, same protocol) and the least noisy attempt is kept.
 
 Resumable: every visit's samples go to a journal (``<table>.journal.parquet``) that is
-rewritten atomically after every few visits; finished rows go to the table atomically.
+rewritten atomically every two seconds; finished rows go to the table atomically.
 After an interruption at any moment (kill -9 included) the same command continues from
 the journal, and the final table holds every item exactly once. A table or journal
 measured with another fingerprint is refused, saying what differs.
@@ -37,7 +37,7 @@ from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
 from hwnas.ops import OpSpec, build_network, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
 
-FLUSH_EVERY = 8  # visits between journal writes
+FLUSH_SECONDS = 2.0  # journal rewritten at most this often (at most this much work is lost)
 
 
 @dataclass
@@ -236,7 +236,7 @@ class Profiler:
                 break
             label = "time" if attempt == 0 else f"re-time (noisy, try {attempt})"
             task = bar.add_task(label, total=len(todo) * p.rounds)
-            visits = 0
+            last_flush = time.perf_counter()
             for rnd in range(p.rounds):
                 order = list(todo)
                 np.random.default_rng([p.seed, attempt, rnd]).shuffle(order)
@@ -248,10 +248,10 @@ class Profiler:
                         samples = runner.time(p.runs)
                         result.timed_s += float(samples.sum())
                         journal.add(key, attempt, rnd, samples * 1e3)
-                        visits += 1
                         result.visits += 1
-                        if visits % FLUSH_EVERY == 0:
+                        if time.perf_counter() - last_flush >= FLUSH_SECONDS:
                             journal.flush()
+                            last_flush = time.perf_counter()
                     bar.advance(task)
             journal.flush()
             for key in todo:

@@ -67,7 +67,7 @@ class FakeBackend:
 
         def time_(n):
             self.calls[key] = self.calls.get(key, 0) + 1
-            if n == 3:  # warm-up
+            if n == 2:  # warm-up (the protocol default)
                 return np.full(n, 1e-3)
             self.visits.append(key)
             if key in self.noisy_first and self.calls[key] <= 4:  # warm-up + timed, 2 rounds
@@ -169,3 +169,17 @@ def test_kill_9_mid_profile_loses_and_duplicates_nothing(tmp_path, small):
     assert len(table) == n_ops and not table["key"].duplicated().any()
     assert (table["count"] == 3 * 400).all()
     assert not journal.exists()  # cleaned up once every row is final
+
+
+@pytest.mark.parametrize("device", ["cpu-torch", "cpu-tflite"])
+def test_real_torch_and_litert_profiles(tmp_path, small, device):
+    dev = load_device(device)
+    dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol, rounds=2, runs=5))
+    chosen = [o for o in unique_ops(small, [32]) if o.kind != "mbconv"][:2] + \
+        [next(o for o in unique_ops(small, [32]) if o.se_mid)]
+    res, _ = profile(dev, small, [32], out_dir=tmp_path, cache_dir=tmp_path / "c",
+                     op_list=chosen, progress=False)
+    assert list(res.table["key"]) == [o.key for o in chosen]
+    assert (res.table["latency_ms"] > 0).all() and (res.table["count"] >= 10).all()
+    _, meta = read_table(tmp_path / f"{device}.parquet")
+    assert meta["fingerprint"]["runtime"] == ("torch" if device == "cpu-torch" else "litert")
