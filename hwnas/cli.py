@@ -157,6 +157,78 @@ def profile_cmd(
             console.print(f"note: {note}", style="yellow")
 
 
+predictor_app = typer.Typer(no_args_is_help=True,
+                            help="Fit, evaluate and transfer latency predictors.")
+app.add_typer(predictor_app, name="predictor")
+PRED_KINDS = "lut-sum, lut-linear, macs-linear, xgboost"
+
+
+@predictor_app.command("fit")
+def predictor_fit(
+    device: str = typer.Option(..., help="device name (reads lut/<device>.parquet and "
+                               ".subnets.parquet)"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP + " (default: the LUT's)"),
+    kind: str = typer.Option("xgboost", help=f"predictor: {PRED_KINDS}"),
+    train: int = typer.Option(200, min=1, help="measured subnets used for fitting; the rest "
+                              "are held out and never seen"),
+    seed: int = typer.Option(0, help="seed of the train/held-out split and the models"),
+    lut: Path = typer.Option(Path("lut"), help="folder with the tables"),
+    out: Optional[Path] = typer.Option(None, help="predictor file (default "
+                                       "lut/<device>.predictor.json)"),
+) -> None:
+    """Fit a latency predictor on measured subnets and report it on the held-out ones."""
+    from hwnas import predictor as api
+
+    report = api.fit_for_device(device, kind=kind, space=space, n_train=train, seed=seed, lut_dir=lut,
+                     out=out)
+    _print_report(report)
+
+
+@predictor_app.command("eval")
+def predictor_eval(
+    device: str = typer.Option(..., help="device name"),
+    predictor: Optional[Path] = typer.Option(None, help="predictor file (default "
+                                             "lut/<device>.predictor.json)"),
+    lut: Path = typer.Option(Path("lut"), help="folder with the tables"),
+    allow_mismatch: bool = typer.Option(False, help="use a predictor fitted for another "
+                                        "space or device fingerprint"),
+) -> None:
+    """Evaluate a saved predictor on held-out measured subnets (never used in fitting)."""
+    from hwnas import predictor as api
+
+    _print_report(api.evaluate_for_device(device, predictor, lut_dir=lut, allow_mismatch=allow_mismatch))
+
+
+@predictor_app.command("transfer")
+def predictor_transfer(
+    source: str = typer.Option(..., "--from", help="device whose fitted xgboost predictor "
+                               "is the prior"),
+    device: str = typer.Option(..., help="the new device (its LUT and a few measured "
+                               "subnets)"),
+    k: int = typer.Option(20, min=2, help="measured subnets of the new device to use"),
+    seed: int = typer.Option(0),
+    lut: Path = typer.Option(Path("lut"), help="folder with the tables"),
+    out: Optional[Path] = typer.Option(None, help="predictor file (default "
+                                       "lut/<device>.predictor.json)"),
+) -> None:
+    """Few-shot transfer of a fitted predictor to a new device from k measured subnets."""
+    from hwnas import predictor as api
+
+    _print_report(api.transfer_to_device(source, device, k=k, seed=seed, lut_dir=lut, out=out))
+
+
+def _print_report(report) -> None:
+    table = Table("predictor", "n", "RMSE ms", "MAPE", "within ±5%", "within ±10%",
+                  "Kendall tau", "Spearman rho", title=report.title)
+    for name, m in report.rows.items():
+        table.add_row(name, str(m["n"]), f"{m['rmse_ms']:.4f}", f"{m['mape']:.2%}",
+                      f"{m['within_5pct']:.1%}", f"{m['within_10pct']:.1%}",
+                      f"{m['kendall_tau']:.3f}", f"{m['spearman_rho']:.3f}")
+    console.print(table)
+    for label, path in report.files.items():
+        console.print(f"{label}: {path}")
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -167,14 +239,9 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _read_archs(path: Path, sp):
-    from hwnas.errors import ArchError
+    from hwnas.errors import ArchError, read_json
 
-    try:
-        obj = json.loads(path.read_text())
-    except OSError as exc:
-        raise ArchError(f"cannot read arch file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ArchError(f"{path} is not valid JSON: {exc}") from None
+    obj = read_json(path, ArchError, "arch file")
     items = obj if isinstance(obj, list) else [obj]
     try:
         return [sp.arch(item) for item in items]

@@ -30,3 +30,17 @@ class BackendError(HwnasError):
 
 class LutError(HwnasError):
     """A lookup table is malformed, incomplete or from another device."""
+
+
+def read_json(path, error: type[HwnasError] = HwnasError, what: str = "file"):
+    """Parse a JSON file, turning a missing file or bad JSON into ``error`` naming it."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from None

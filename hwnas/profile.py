@@ -325,11 +325,7 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
     subnet_result = None
     if subnets:
         archs = sample_subnets(space, subnets, seed, resolutions)
-        window = device.protocol.window or 32
-        import dataclasses
-
-        dev = dataclasses.replace(device, protocol=dataclasses.replace(device.protocol,
-                                                                       window=window))
+        dev = device
         subnet_result = Profiler(dev, space, subnet_path, "subnets", cache_dir, progress).run(
             subnet_items(archs, space))
     return ops_result, subnet_result

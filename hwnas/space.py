@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hwnas.errors import ArchError, SpaceError
+from hwnas.errors import ArchError, SpaceError, read_json
 
 ACTIVATIONS = ("relu", "hswish")
 
@@ -285,15 +285,7 @@ class SearchSpace:
 
     def load_arch(self, path: str | Path) -> Arch:
         """Read an arch from a JSON file (the JSON form or OFA's)."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ArchError(f"cannot read arch file {path}: {exc.strerror}") from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArchError(f"{path} is not valid JSON: {exc}") from None
+        obj = read_json(path, ArchError, "arch file")
         try:
             return self.arch(obj)
         except ArchError as exc:

@@ -1,0 +1,652 @@
+"""Latency predictors: from the lookup table to a number you can trust, with error bars.
+
+A LUT sum misses what happens between ops (fusion, caches, per-call overhead). Each
+predictor here has one interface, in scikit-learn's spirit:
+
+``fit(archs, latencies_ms)`` → self, ``predict(archs)`` → ms (batched, vectorised),
+``predict_with_uncertainty(archs)`` → (ms, std ms), ``save(path)``, ``load(path)``.
+
+* :class:`LutSum` – the table alone.
+* :class:`LutLinear` – the table sum with a fitted scale and offset.
+* :class:`MacsLinear` – a line through MACs, what people use when they have no LUT.
+* :class:`XGBoostPredictor` – gradient-boosted trees on the encoding, per-stage LUT sums,
+  the total, MACs, params and resolution, predicting the ratio measured / LUT sum; an
+  ensemble of differently-seeded models gives the uncertainty.
+* :class:`TransferPredictor` – few-shot transfer: a predictor fitted on device A, applied
+  to device B's own LUT features, with a small correction fitted on k measured subnets of B.
+
+Files are JSON only (XGBoost's JSON model format plus a JSON sidecar with the feature
+names, the space, the device fingerprint, the training-set hash and the metrics); never
+pickle. A predictor fitted for another space or device is refused unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.errors import HwnasError, LutError, read_json
+from hwnas.lut import LatencyTable
+from hwnas.ops import _cost_tables, encode_batch
+from hwnas.space import Arch, SearchSpace
+
+FORMAT_VERSION = 1
+
+
+class PredictorError(HwnasError, ValueError):
+    """A predictor was misused, or its file does not fit what it is loaded for."""
+
+
+# ------------------------------------------------------------------------- metrics
+def metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """RMSE (ms), MAPE, share within ±5% / ±10%, Kendall tau and Spearman rho."""
+    from scipy.stats import kendalltau, spearmanr
+
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    if p.shape != m.shape or p.size == 0:
+        raise PredictorError(f"need equally long, non-empty predictions and measurements, got "
+                             f"{p.shape} and {m.shape}")
+    rel = np.abs(p - m) / m
+    tau = kendalltau(p, m).statistic if p.size > 1 else float("nan")
+    rho = spearmanr(p, m).statistic if p.size > 1 else float("nan")
+    return {"n": int(p.size), "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+            "mape": float(np.mean(rel)), "within_5pct": float(np.mean(rel <= 0.05 + 1e-12)),
+            "within_10pct": float(np.mean(rel <= 0.10 + 1e-12)), "kendall_tau": float(tau),
+            "spearman_rho": float(rho)}
+
+
+def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(X, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------ features
+class Features:
+    """Vectorised features of arch batches for one space and one LUT."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+        self.space = table.space
+        sp = self.space
+        self.names = ([f"g{i}" for i in range(sp.n_var)]
+                      + [f"lut_stage{s}" for s in range(sp.n_stages)]
+                      + ["lut_fixed", "lut_sum", "macs_m", "params_m", "resolution",
+                         "n_blocks"])
+
+    def lut_parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(per-stage LUT sums [n, S], fixed part [n]) for an encoding matrix."""
+        sp = self.space
+        blocks, fixed = self.table._tabulated()
+        D, step = sp.max_depth, 1 + 2 * sp.max_depth
+        ri = X[:, -1]
+        depths = np.asarray(sp.depths)
+        stages = np.zeros((X.shape[0], sp.n_stages))
+        for s in range(sp.n_stages):
+            g = X[:, s * step:(s + 1) * step]
+            depth = depths[g[:, 0]]
+            for b in range(D):
+                cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
+                stages[:, s] += np.where(depth > b, cost, 0.0)
+        out_fixed = fixed[ri]
+        if np.isnan(stages).any() or np.isnan(out_fixed).any():
+            bad = int(np.flatnonzero(np.isnan(stages).any(1) | np.isnan(out_fixed))[0])
+            self.table.predict([self.space.decode(X[bad])])  # raises, naming the op
+        return stages, out_fixed
+
+    def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(feature matrix, LUT sum) for an encoding matrix."""
+        sp = self.space
+        X = np.asarray(X, dtype=np.int64)
+        Xc = X.copy()  # genes past a stage's depth zeroed (already true for encodings)
+        stages, fixed = self.lut_parts(X)
+        lut_sum = stages.sum(1) + fixed
+        cost_blocks, cost_fixed = _cost_tables(sp)
+        from hwnas.ops import sum_over_archs
+
+        counts = sum_over_archs(X, sp, cost_blocks, cost_fixed)
+        res = np.asarray(sp.resolutions)[X[:, -1]]
+        step = 1 + 2 * sp.max_depth
+        n_blocks = np.asarray(sp.depths)[X[:, 0::step][:, :sp.n_stages]].sum(1)
+        F = np.column_stack([Xc, stages, fixed, lut_sum, counts[:, 0] / 1e6,
+                             counts[:, 1] / 1e6, res, n_blocks]).astype(np.float32)
+        return F, lut_sum
+
+
+# ---------------------------------------------------------------------- predictors
+def _as_X(archs: Arch | Sequence[Arch] | np.ndarray, space: SearchSpace) -> np.ndarray:
+    if isinstance(archs, Arch):
+        archs = [archs]
+    return encode_batch(archs, space)
+
+
+def _as_y(latencies: Sequence[float], n: int) -> np.ndarray:
+    y = np.asarray(latencies, dtype=float)
+    if y.shape != (n,):
+        raise PredictorError(f"got {n} archs but {y.shape} latencies")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise PredictorError("latencies must be positive, finite numbers (ms)")
+    return y
+
+
+class Predictor:
+    """Base class: the common interface, file format and validation."""
+
+    kind = "base"
+    needs_fit = True
+
+    def __init__(self, table: LatencyTable | None = None, space: SearchSpace | None = None
+                 ) -> None:
+        if table is None and space is None:
+            raise PredictorError(f"{type(self).__name__} needs a LatencyTable (or a space)")
+        self.table = table
+        self.space = table.space if table is not None else space
+        self.fitted = not self.needs_fit
+        self.train_hash: str | None = None
+        self.train_metrics: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.table.fingerprint) if self.table is not None else {}
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise PredictorError(f"{type(self).__name__} is not fitted: call fit() first")
+
+    def fit(self, archs, latencies_ms) -> "Predictor":
+        X = _as_X(archs, self.space)
+        y = _as_y(latencies_ms, len(X))
+        self._fit(X, y)
+        self.fitted = True
+        self.train_hash = data_hash(X, y)
+        self.train_metrics = metrics(self._predict(X), y)
+        return self
+
+    def predict(self, archs) -> np.ndarray:
+        """Predicted latency (ms) of every arch (Arch, list of Arch, or encodings)."""
+        self._check_fitted()
+        return self._predict(_as_X(archs, self.space))
+
+    def predict_with_uncertainty(self, archs) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, standard deviation) in ms; zero spread where a model has none."""
+        self._check_fitted()
+        X = _as_X(archs, self.space)
+        return self._predict_std(X)
+
+    def _predict_std(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self._predict(X)
+        return p, np.zeros_like(p)
+
+    def score(self, archs, latencies_ms) -> dict[str, float]:
+        X = _as_X(archs, self.space)
+        return metrics(self.predict(X), _as_y(latencies_ms, len(X)))
+
+    # ----------------------------------------------------------------- persistence
+    def _state(self, path: Path) -> dict[str, Any]:
+        return {}
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        pass
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON sidecar (and any model files next to it)."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lut = None
+        if self.table is not None and self.table.path is not None:
+            import os
+
+            # relative to the predictor file, so a folder of tables and predictors moves whole
+            lut = os.path.relpath(Path(self.table.path).resolve(), path.parent.resolve())
+        doc = {"format": "hwnas-predictor", "format_version": FORMAT_VERSION, "kind": self.kind,
+               "space": self.space.to_dict(), "space_id": self.space.id,
+               "fingerprint": self.fingerprint, "lut": lut, "train_hash": self.train_hash,
+               "train_metrics": self.train_metrics, "extra": self.extra,
+               "state": self._state(path)}
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        tmp.replace(path)
+        return path
+
+
+def load_predictor(path: str | Path, table: LatencyTable | None = None,
+                   space: SearchSpace | None = None,
+                   fingerprint: Mapping[str, Any] | None = None,
+                   allow_mismatch: bool = False) -> Predictor:
+    """Load a predictor; refuse one fitted for another space or device fingerprint
+    (``allow_mismatch=True`` overrides). Without ``table`` the LUT it was fitted with is
+    opened from the path recorded in the file."""
+    from hwnas.devices import fingerprint_diff
+
+    path = Path(path)
+    doc = read_json(path, PredictorError, "predictor")
+    if not isinstance(doc, dict) or doc.get("format") != "hwnas-predictor":
+        raise PredictorError(f"{path} is not an hwnas predictor file")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise PredictorError(f"{path}: format version {doc.get('format_version')!r}, this hwnas "
+                             f"reads {FORMAT_VERSION}")
+    kind = doc.get("kind")
+    if kind not in PREDICTORS:
+        raise PredictorError(f"{path}: unknown predictor kind {kind!r}; known: "
+                             f"{sorted(PREDICTORS)}")
+    file_space = SearchSpace.from_dict(doc["space"])
+    problems = []
+    if space is not None and space.id != file_space.id:
+        problems.append(f"it was fitted for space {file_space.name!r} (id {file_space.id}), "
+                        f"not {space.name!r} (id {space.id})")
+    if fingerprint is not None:
+        diff = fingerprint_diff(doc.get("fingerprint") or {}, fingerprint)
+        if diff:
+            problems.append("it was fitted on another device/runtime: " + "; ".join(diff))
+    if problems and not allow_mismatch:
+        raise PredictorError(f"refusing {path}: " + "; ".join(problems)
+                             + " (pass allow_mismatch / --allow-mismatch to use it anyway)")
+    if table is None and doc.get("lut") and kind != "macs-linear":
+        try:
+            table = LatencyTable.load(path.parent / doc["lut"], file_space)
+        except LutError as exc:
+            raise PredictorError(f"{path}: its lookup table cannot be opened: {exc}") from None
+    cls = PREDICTORS[kind]
+    pred = cls.__new__(cls)
+    Predictor.__init__(pred, table, file_space)
+    pred.fitted = True
+    pred.train_hash = doc.get("train_hash")
+    pred.train_metrics = doc.get("train_metrics") or {}
+    pred.extra = doc.get("extra") or {}
+    pred._restore(doc.get("state") or {}, path)
+    return pred
+
+
+class LutSum(Predictor):
+    """The lookup table alone: the sum of the subnet's op latencies."""
+
+    kind = "lut-sum"
+    needs_fit = False
+
+    def __init__(self, table: LatencyTable) -> None:
+        super().__init__(table)
+
+    def _fit(self, X, y) -> None:
+        pass
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return self.table.predict(X)
+
+
+class LutLinear(Predictor):
+    """``scale * LUT sum + offset``, fitted by least squares."""
+
+    kind = "lut-linear"
+
+    def __init__(self, table: LatencyTable) -> None:
+        super().__init__(table)
+        self.coef = (1.0, 0.0)
+
+    def _fit(self, X, y) -> None:
+        s = self.table.predict(X)
+        A = np.column_stack([s, np.ones_like(s)])
+        self.coef = tuple(float(v) for v in np.linalg.lstsq(A, y, rcond=None)[0])
+
+    def _predict(self, X):
+        return self.coef[0] * self.table.predict(X) + self.coef[1]
+
+    def _state(self, path):
+        return {"coef": list(self.coef)}
+
+    def _restore(self, state, path):
+        self.coef = tuple(state["coef"])
+
+
+class MacsLinear(Predictor):
+    """``a * MACs + b``: the FLOPs baseline, no LUT needed."""
+
+    kind = "macs-linear"
+
+    def __init__(self, table: LatencyTable | None = None, space: SearchSpace | None = None
+                 ) -> None:
+        super().__init__(table, space)
+        self.coef = (0.0, 0.0)
+
+    def _macs(self, X):
+        from hwnas.ops import sum_over_archs
+
+        blocks, fixed = _cost_tables(self.space)
+        return sum_over_archs(X, self.space, blocks, fixed)[:, 0] / 1e6
+
+    def _fit(self, X, y):
+        m = self._macs(X)
+        A = np.column_stack([m, np.ones_like(m)])
+        self.coef = tuple(float(v) for v in np.linalg.lstsq(A, y, rcond=None)[0])
+
+    def _predict(self, X):
+        return self.coef[0] * self._macs(X) + self.coef[1]
+
+    def _state(self, path):
+        return {"coef": list(self.coef)}
+
+    def _restore(self, state, path):
+        self.coef = tuple(state["coef"])
+
+
+@dataclass(frozen=True)
+class XGBParams:
+    """Validated hyper-parameters of :class:`XGBoostPredictor`."""
+
+    n_estimators: int = 300
+    max_depth: int = 3
+    learning_rate: float = 0.05
+    subsample: float = 0.8
+    colsample: float = 0.8
+    ensemble: int = 5          # models with different seeds; their spread is the uncertainty
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [("n_estimators", self.n_estimators >= 1, ">= 1"),
+                  ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
+                  ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
+                  ("subsample", 0 < self.subsample <= 1, "in (0, 1]"),
+                  ("colsample", 0 < self.colsample <= 1, "in (0, 1]"),
+                  ("ensemble", self.ensemble >= 1, ">= 1")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise PredictorError(f"XGBoost parameter {name}={getattr(self, name)!r} is not "
+                                     f"allowed; must be {allowed}")
+
+
+class XGBoostPredictor(Predictor):
+    """Boosted trees predicting measured / LUT sum from arch and LUT features."""
+
+    kind = "xgboost"
+
+    def __init__(self, table: LatencyTable, **params: Any) -> None:
+        super().__init__(table)
+        try:
+            self.params = XGBParams(**params)
+        except TypeError as exc:
+            raise PredictorError(f"unknown XGBoost parameter: {exc}; allowed: "
+                                 f"{list(XGBParams.__dataclass_fields__)}") from None
+        self.features = Features(table)
+        self.boosters: list[Any] = []
+
+    def _booster_params(self, seed: int) -> dict[str, Any]:
+        p = self.params
+        return {"objective": "reg:squarederror", "max_depth": p.max_depth, "eta": p.learning_rate,
+                "subsample": p.subsample, "colsample_bytree": p.colsample, "seed": seed,
+                "nthread": 1, "tree_method": "hist", "verbosity": 0}
+
+    def _fit(self, X, y) -> None:
+        import xgboost as xgb
+
+        F, s = self.features(X)
+        target = y / s
+        dtrain = xgb.DMatrix(F, label=target, feature_names=self.features.names)
+        self.boosters = [xgb.train(self._booster_params(self.params.seed + i), dtrain,
+                                   num_boost_round=self.params.n_estimators)
+                         for i in range(self.params.ensemble)]
+
+    def _ratios(self, X) -> tuple[np.ndarray, np.ndarray]:
+        F, s = self.features(X)
+        ratios = np.stack([b.inplace_predict(F) for b in self.boosters])
+        return ratios, s
+
+    def _predict(self, X):
+        ratios, s = self._ratios(X)
+        return ratios.mean(0) * s
+
+    def _predict_std(self, X):
+        ratios, s = self._ratios(X)
+        return ratios.mean(0) * s, ratios.std(0) * s
+
+    def _state(self, path):
+        return {"params": self.params.__dict__, "feature_names": self.features.names,
+                "models": [json.loads(b.save_raw("json")) for b in self.boosters]}
+
+    def _restore(self, state, path):
+        import xgboost as xgb
+
+        self.params = XGBParams(**state["params"])
+        self.features = Features(self.table)
+        if state["feature_names"] != self.features.names:
+            raise PredictorError(f"{path}: feature names differ from this hwnas's")
+        self.boosters = []
+        for model in state["models"]:
+            b = xgb.Booster()
+            b.load_model(bytearray(json.dumps(model).encode()))
+            b.set_param({"nthread": 1})
+            self.boosters.append(b)
+
+
+class TransferPredictor(Predictor):
+    """Few-shot transfer to a new device: the base predictor's ratio model evaluated on
+    the new device's LUT features, times a correction ``a + b * log(LUT sum)`` fitted on
+    k measured subnets of the new device (k = 10–30 is enough; no new trees)."""
+
+    kind = "transfer"
+
+    def __init__(self, base: XGBoostPredictor, table: LatencyTable) -> None:
+        if not isinstance(base, XGBoostPredictor):
+            raise PredictorError("transfer needs a fitted XGBoostPredictor as its base")
+        if base.space.id != table.space.id:
+            raise PredictorError("the base predictor and the new device's LUT are for "
+                                 "different search spaces")
+        base._check_fitted()
+        super().__init__(table)
+        self.base = base
+        self.features = Features(table)
+        self.coef = (0.0, 0.0)
+
+    def _prior(self, X):
+        F, s = self.features(X)
+        ratios = np.stack([b.inplace_predict(F) for b in self.base.boosters])
+        return ratios, s
+
+    def _fit(self, X, y):
+        ratios, s = self._prior(X)
+        prior = ratios.mean(0) * s
+        r = np.log(y / prior)
+        A = np.column_stack([np.ones_like(s), np.log(s)])
+        lam = 1.0  # ridge on the slope: with few samples, prefer a constant correction
+        reg = np.diag([1e-6, lam])
+        self.coef = tuple(float(v) for v in np.linalg.solve(A.T @ A + reg, A.T @ r))
+
+    def _predict(self, X):
+        p, _ = self._predict_std(X)
+        return p
+
+    def _predict_std(self, X):
+        ratios, s = self._prior(X)
+        corr = np.exp(self.coef[0] + self.coef[1] * np.log(s))
+        return ratios.mean(0) * s * corr, ratios.std(0) * s * corr
+
+    def _state(self, path):
+        return {"coef": list(self.coef), "base": self.base._state(path),
+                "base_fingerprint": self.base.fingerprint}
+
+    def _restore(self, state, path):
+        self.coef = tuple(state["coef"])
+        base = XGBoostPredictor.__new__(XGBoostPredictor)
+        Predictor.__init__(base, self.table, self.space)
+        base._restore(state["base"], path)
+        base.fitted = True
+        self.base = base
+        self.features = Features(self.table)
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "lut-sum": LutSum, "lut-linear": LutLinear, "macs-linear": MacsLinear,
+    "xgboost": XGBoostPredictor, "transfer": TransferPredictor,
+}
+
+
+def make_predictor(kind: str, table: LatencyTable, **params: Any) -> Predictor:
+    """A predictor by name: lut-sum, lut-linear, macs-linear, xgboost."""
+    if kind == "transfer":
+        raise PredictorError("make a transfer predictor with TransferPredictor(base, table)")
+    try:
+        cls = PREDICTORS[kind]
+    except KeyError:
+        raise PredictorError(f"unknown predictor {kind!r}; known: "
+                             f"{sorted(k for k in PREDICTORS if k != 'transfer')}") from None
+    if params and cls is not XGBoostPredictor:
+        raise PredictorError(f"predictor {kind!r} takes no parameters, got {sorted(params)}")
+    return cls(table, **params) if cls is XGBoostPredictor else cls(table)
+
+
+def split_subnets(keys: Sequence[str], n_train: int, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / held-out index split of measured subnets (by a seeded
+    permutation), so the held-out set is the same for every predictor and every run."""
+    n = len(keys)
+    if not 1 <= n_train < n:
+        raise PredictorError(f"need 1 <= train < {n} measured subnets, got train={n_train}")
+    order = np.argsort([hashlib.sha256(f"{seed}:{k}".encode()).hexdigest() for k in keys])
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+def plot_predicted_vs_measured(predicted, measured, path: str | Path, title: str,
+                               std=None) -> Path:
+    """Scatter of predicted vs measured latency with the ±5% / ±10% bands (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, m = np.asarray(predicted), np.asarray(measured)
+    lo, hi = float(min(p.min(), m.min())) * 0.95, float(max(p.max(), m.max())) * 1.05
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    xs = np.linspace(lo, hi, 10)
+    ax.plot(xs, xs, color="black", lw=1, label="exact")
+    for band, style in ((0.05, "--"), (0.10, ":")):
+        ax.plot(xs, xs * (1 + band), "gray", ls=style, lw=1, label=f"±{band:.0%}")
+        ax.plot(xs, xs * (1 - band), "gray", ls=style, lw=1)
+    if std is not None:
+        ax.errorbar(m, p, yerr=np.asarray(std), fmt="o", ms=3, alpha=0.6, elinewidth=0.6)
+    else:
+        ax.scatter(m, p, s=10, alpha=0.7)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)",
+           ylabel="predicted latency (ms)", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------- device workflows (CLI)
+@dataclass
+class Report:
+    """Held-out metrics per predictor, and the files written."""
+
+    title: str
+    rows: dict[str, dict[str, float]]
+    files: dict[str, str]
+
+
+def _device_data(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
+    from hwnas.lut import read_table, table_paths
+    from hwnas.space import get_space
+
+    op_path, sub_path = table_paths(device, lut_dir)
+    table = LatencyTable.load(op_path, get_space(space) if space else None)
+    subs, _ = read_table(sub_path, "subnets", table.fingerprint or None)
+    archs = [table.space.arch(json.loads(a)) for a in subs["arch"]]
+    return table, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
+
+
+def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
+    return Path(lut_dir) / f"{device}.predictor.json"
+
+
+def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int = 200,
+                   seed: int = 0, lut_dir: str | Path = "lut", out: str | Path | None = None
+                   ) -> Report:
+    """Fit ``kind`` on ``n_train`` measured subnets of ``device`` and report every
+    predictor kind on the held-out rest; saves the fitted one and a scatter plot."""
+    table, subs, archs, y = _device_data(device, lut_dir, space)
+    keys = list(subs["key"])
+    if len(keys) - n_train < 1:
+        raise PredictorError(f"{device} has {len(keys)} measured subnets; fitting on "
+                             f"{n_train} leaves none held out (profile more with --subnets, "
+                             f"or lower --train)")
+    tr, te = split_subnets(keys, n_train, seed)
+    A, B = [archs[i] for i in tr], [archs[i] for i in te]
+    rows, chosen = {}, None
+    kinds = ["lut-sum", "lut-linear", "macs-linear", "xgboost"]
+    if kind not in kinds:
+        make_predictor(kind, table)  # raises the clear error
+    for k in kinds:
+        params = {"seed": seed} if k == "xgboost" else {}
+        p = make_predictor(k, table, **params).fit(A, y[tr])
+        rows[k] = p.score(B, y[te])
+        if k == kind:
+            chosen = p
+    chosen.extra = {"device": device, "seed": seed, "train_keys": [keys[i] for i in tr],
+                    "heldout_keys": [keys[i] for i in te], "heldout_metrics": rows[kind]}
+    out = Path(out) if out else default_predictor_path(device, lut_dir)
+    chosen.save(out)
+    pred, std = chosen.predict_with_uncertainty(B)
+    png = plot_predicted_vs_measured(pred, y[te], out.with_suffix(".png"),
+                                     f"{device}: {kind}, {len(te)} held-out subnets", std)
+    return Report(f"{device}: fitted on {len(tr)} subnets, held out {len(te)}", rows,
+                  {"predictor": str(out), "plot": str(png)})
+
+
+def evaluate_for_device(device: str, predictor_path: str | Path | None = None,
+                        lut_dir: str | Path = "lut", allow_mismatch: bool = False) -> Report:
+    """Score a saved predictor on the device's measured subnets it was not fitted on."""
+    path = Path(predictor_path) if predictor_path else default_predictor_path(device, lut_dir)
+    table, subs, archs, y = _device_data(device, lut_dir)
+    pred = load_predictor(path, table=table, space=table.space, fingerprint=table.fingerprint,
+                          allow_mismatch=allow_mismatch)
+    seen = set(pred.extra.get("train_keys", []))
+    held = [i for i, k in enumerate(subs["key"]) if k not in seen]
+    if not held:
+        raise PredictorError(f"every measured subnet of {device} was used to fit {path}; "
+                             f"profile more subnets to evaluate it")
+    B = [archs[i] for i in held]
+    p, std = pred.predict_with_uncertainty(B)
+    png = plot_predicted_vs_measured(p, y[held], path.with_suffix(".eval.png"),
+                                     f"{device}: {pred.kind}, {len(held)} held-out subnets", std)
+    return Report(f"{device}: {pred.kind} on {len(held)} held-out subnets",
+                  {pred.kind: metrics(p, y[held])}, {"plot": str(png)})
+
+
+def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
+                       lut_dir: str | Path = "lut", out: str | Path | None = None) -> Report:
+    """Fit ``device``'s predictor from ``source``'s XGBoost predictor and k subnets."""
+    base_path = default_predictor_path(source, lut_dir)
+    base = load_predictor(base_path)
+    if not isinstance(base, XGBoostPredictor):
+        raise PredictorError(f"{base_path} is a {base.kind!r} predictor; transfer needs "
+                             f"'xgboost' (hwnas predictor fit --device {source} --kind xgboost)")
+    table, subs, archs, y = _device_data(device, lut_dir)
+    keys = list(subs["key"])
+    tr, te = split_subnets(keys, k, seed)
+    A, B = [archs[i] for i in tr], [archs[i] for i in te]
+    rows = {"lut-sum (no fit)": LutSum(table).score(B, y[te])}
+    rows[f"lut-linear (k={k})"] = LutLinear(table).fit(A, y[tr]).score(B, y[te])
+    rows[f"xgboost from scratch (k={k})"] = XGBoostPredictor(table, seed=seed).fit(
+        A, y[tr]).score(B, y[te])
+    transfer = TransferPredictor(base, table).fit(A, y[tr])
+    rows[f"transfer from {source} (k={k})"] = transfer.score(B, y[te])
+    transfer.extra = {"device": device, "source": source, "seed": seed,
+                      "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
+                      "heldout_metrics": rows[f"transfer from {source} (k={k})"]}
+    out = Path(out) if out else default_predictor_path(device, lut_dir)
+    transfer.save(out)
+    p, std = transfer.predict_with_uncertainty(B)
+    png = plot_predicted_vs_measured(p, y[te], out.with_suffix(".png"),
+                                     f"{device}: transfer from {source}, k={k}", std)
+    return Report(f"{device}: transfer from {source} with {k} subnets, {len(te)} held out",
+                  rows, {"predictor": str(out), "plot": str(png)})
