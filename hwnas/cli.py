@@ -229,6 +229,46 @@ def _print_report(report) -> None:
         console.print(f"{label}: {path}")
 
 
+@app.command("train")
+def train_cmd(
+    space: str = typer.Option("small", help=SPACE_HELP),
+    data: str = typer.Option("digits", help="digits (embedded), imagefolder:PATH, "
+                             "cifar10:PATH or cifar100:PATH"),
+    out: Path = typer.Option(Path("runs/supernet"), help="checkpoint folder (last.pt); an "
+                             "existing one is resumed"),
+    epochs: int = typer.Option(30, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(0.05),
+    label_smoothing: float = typer.Option(0.1),
+    n_random: int = typer.Option(2, min=0, help="random subnets per step (sandwich rule)"),
+    distill: bool = typer.Option(True, help="in-place distillation from the largest subnet"),
+    progressive: bool = typer.Option(False, help="OFA progressive shrinking"),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Train a supernet (sandwich rule + in-place distillation); runs under torchrun too."""
+    import torch
+
+    from hwnas.data import load_dataset
+    from hwnas.evaluate import subnet_accuracy
+    from hwnas.train import TrainConfig, init_distributed, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    rank, world = init_distributed()
+    sp = get_space(space)
+    train_set, val_set = load_dataset(data, max(sp.resolutions), seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                      label_smoothing=label_smoothing, n_random=n_random, distill=distill,
+                      progressive=progressive, seed=seed)
+    res = train(sp, train_set, cfg, out)
+    if rank == 0:
+        acc = subnet_accuracy(res.net.cpu(), [sp.largest(), sp.smallest()], train_set, val_set,
+                              seed=seed)
+        console.print(f"checkpoint {res.checkpoint} after {res.epochs_done} epoch(s); top-1 "
+                      f"(BN recalibrated) largest {acc[0]:.2%}, smallest {acc[1]:.2%}")
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]

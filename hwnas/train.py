@@ -1,0 +1,262 @@
+"""Supernet training: the sandwich rule with in-place distillation (BigNAS/AttentiveNAS).
+
+Each step trains the largest subnet on the labels (label smoothing), then the smallest and
+``n_random`` random subnets on the largest's soft predictions, accumulating gradients,
+then takes one optimiser step (SGD with Nesterov momentum, cosine schedule). Optional
+progressive shrinking (OFA) opens the elastic dimensions one after another: kernel, then
+depth, then expand ratio. Each subnet sees the batch at its own resolution.
+
+Checkpoints are written at the end of every epoch (atomically) and hold the weights, the
+optimiser and scheduler, the RNG state, the config and the space, in a form read with
+``torch.load(weights_only=True)``; resuming reproduces the uninterrupted run exactly
+(data order and subnet draws are derived from (seed, epoch, step)).
+
+Distributed: under ``torchrun --nproc_per_node N`` each rank trains on its shard of every
+batch order; gradients are averaged across ranks after the sandwich (NCCL on GPUs, Gloo on
+CPU), so weights stay identical on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hwnas.data import Dataset, resize
+from hwnas.errors import HwnasError
+from hwnas.space import Arch, SearchSpace, get_space
+from hwnas.supernet import Supernet
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainError(HwnasError, ValueError):
+    """Bad training settings, or a checkpoint that does not fit."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Validated training settings."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    n_random: int = 2                 # random subnets per step besides largest and smallest
+    distill: bool = True              # in-place distillation from the largest subnet
+    progressive: bool = False         # OFA's progressive shrinking
+    warmup_epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, ok, allowed in (
+                ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", self.lr > 0, "> 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+                ("n_random", self.n_random >= 0, ">= 0"),
+                ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]")):
+            if not ok:
+                raise TrainError(f"training setting {name}={getattr(self, name)!r} is not "
+                                 f"allowed; must be {allowed}")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    epochs_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    net: Supernet | None = None
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun set up (NCCL with CUDA, else Gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _world()
+
+
+def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
+                   phase: str = "all") -> list[Arch]:
+    """Largest, smallest and ``n_random`` random archs, restricted to the elastic
+    dimensions open in ``phase`` (kernel, depth, all)."""
+    big = space.largest()
+    small = space.smallest()
+    archs = [space.sample(1, rng)[0] for _ in range(n_random)]
+    if phase != "all":
+        def restrict(a: Arch) -> Arch:  # closed dimensions stay at their largest
+            return space.arch(r=a.r, d=a.d if phase == "depth" else big.d, k=a.k, e=big.e)
+
+        small = restrict(small)
+        archs = [restrict(a) for a in archs]
+    return [big, small] + archs
+
+
+def phase_of(epoch: int, cfg: TrainConfig) -> str:
+    if not cfg.progressive:
+        return "all"
+    third = cfg.epochs / 3
+    return "kernel" if epoch < third else "depth" if epoch < 2 * third else "all"
+
+
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return float(cfg.lr * (step + 1) / warm)
+    return float(0.5 * cfg.lr * (1 + np.cos(np.pi * (step - warm) / max(1, total - warm))))
+
+
+def save_checkpoint(path: Path, net: Supernet, opt, epoch: int, cfg: TrainConfig,
+                    history: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": net.state_dict(),
+             "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg),
+             "space": net.space.to_dict(), "space_id": net.space.id,
+             "torch_rng": torch.get_rng_state(), "history": history}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, space: SearchSpace | None = None) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); refuse one of another space."""
+    path = Path(path)
+    if not path.exists():
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainError(f"{path} is not a readable hwnas checkpoint: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not an hwnas supernet checkpoint (format "
+                         f"{CHECKPOINT_FORMAT})")
+    if space is not None and state.get("space_id") != space.id:
+        other = SearchSpace.from_dict(state["space"])
+        raise TrainError(f"{path} holds a supernet of space {other.name!r} (id {other.id}), "
+                         f"not {space.name!r} (id {space.id})")
+    return state
+
+
+def load_supernet(path: str | Path, space: SearchSpace | None = None) -> Supernet:
+    """A supernet with the weights of a checkpoint (its own space unless one is given)."""
+    state = load_checkpoint(path, space)
+    net = Supernet(SearchSpace.from_dict(state["space"]))
+    net.load_state_dict(state["model"])
+    return net.eval()
+
+
+def _sync_grads(net: torch.nn.Module, world: int) -> None:
+    if world == 1:
+        return
+    for p in net.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
+          out_dir: str | Path, resume: bool = True, progress: bool = True,
+          max_steps: int | None = None) -> TrainResult:
+    """Train (or resume training of) a supernet; checkpoints go to ``out_dir/last.pt``."""
+    space = get_space(space)
+    if train_data.num_classes != space.num_classes:
+        raise TrainError(f"the data set has {train_data.num_classes} classes but space "
+                         f"{space.name!r} has {space.num_classes}")
+    rank, world = _world()
+    out = Path(out_dir)
+    ckpt = out / "last.pt"
+    torch.manual_seed(cfg.seed)
+    net = Supernet(space)
+    device = torch.device("cuda", rank % torch.cuda.device_count()) \
+        if torch.cuda.is_available() else torch.device("cpu")
+    net.to(device)
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 or "kernel_transforms" in name else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                          momentum=cfg.momentum, nesterov=True)
+    start, history = 0, []
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, space)
+        if state["config"] != dataclasses.asdict(cfg):
+            diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
+                    if state["config"].get(k) != v}
+            raise TrainError(f"{ckpt} was trained with other settings {diff}; use another "
+                             f"--out or the same settings to resume")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = state["epoch"] + 1, list(state["history"])
+    steps_per_epoch = len(range(0, len(train_data) // world, cfg.batch_size))
+    from rich.progress import Progress
+
+    with Progress(disable=not progress or rank != 0, transient=False) as bar:
+        task = bar.add_task("train", total=(cfg.epochs - start) * steps_per_epoch)
+        steps = 0
+        for epoch in range(start, cfg.epochs):
+            net.train()
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            t0, seen, loss_sum, nb = time.perf_counter(), 0, 0.0, 0
+            for step, (x, y) in enumerate(train_data.batches(cfg.batch_size, True, g, rank,
+                                                             world)):
+                x, y = x.to(device), y.to(device)
+                global_step = epoch * steps_per_epoch + step
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(global_step, steps_per_epoch, cfg)
+                rng = np.random.default_rng([cfg.seed, epoch, step])
+                opt.zero_grad(set_to_none=True)
+                soft = None
+                for i, arch in enumerate(sandwich_archs(space, cfg.n_random, rng,
+                                                        phase_of(epoch, cfg))):
+                    net.set_active(arch)
+                    logits = net(resize(x, arch.r))
+                    if i == 0 or not cfg.distill:
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                        if i == 0:
+                            soft = F.softmax(logits.detach(), dim=1)
+                            loss_sum += float(loss.detach())
+                    else:
+                        loss = F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean")
+                    loss.backward()
+                _sync_grads(net, world)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                seen += len(y) * world
+                nb += 1
+                steps += 1
+                bar.update(task, advance=1, description=(
+                    f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / nb:.3f} "
+                    f"{seen / (time.perf_counter() - t0):.0f} img/s"))
+                if max_steps is not None and steps >= max_steps:
+                    break
+            history.append({"epoch": epoch, "loss": loss_sum / max(nb, 1),
+                            "images_per_s": seen / (time.perf_counter() - t0)})
+            if rank == 0:
+                save_checkpoint(ckpt, net, opt, epoch, cfg, history)
+            if world > 1:
+                dist.barrier()
+            if max_steps is not None and steps >= max_steps:
+                break
+    net.set_active(space.largest())
+    return TrainResult(ckpt, len(history), history, net)
