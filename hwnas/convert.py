@@ -31,7 +31,7 @@ def to_onnx(module: nn.Module, sample: torch.Tensor, path: str | Path,
     tmp = path.with_name(path.name + ".partial")
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), (sample,), str(tmp), input_names=["input"],
                               output_names=["output"], opset_version=ONNX_OPSET,

@@ -94,8 +94,7 @@ def _fail(where: str, msg: str) -> DeviceError:
 
 
 def _typed(where: str, key: str, value: Any, kind: type | tuple, what: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)):
+    if isinstance(value, bool) and kind is not bool:  # YAML's true is not a number
         raise _fail(where, f"field {key!r} must be {what}, got {value!r}")
     if not isinstance(value, kind):
         raise _fail(where, f"field {key!r} must be {what}, got {type(value).__name__} {value!r}")

@@ -44,3 +44,11 @@ def read_json(path, error: type[HwnasError] = HwnasError, what: str = "file"):
         raise error(f"cannot read {what} {path}: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path} is not valid JSON: {exc}") from None
+
+
+def check_settings(checks, error: type[HwnasError], what: str, obj) -> None:
+    """Raise ``error`` for the first (name, ok, allowed) in ``checks`` that fails, naming
+    the setting, its value and what is allowed."""
+    for name, ok, allowed in checks:
+        if not ok:
+            raise error(f"{what} {name}={getattr(obj, name)!r} is not allowed; must be {allowed}")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hwnas.errors import LutError
-from hwnas.ops import OpSpec, encode_batch, op_grid, ops, sum_over_archs
+from hwnas.ops import OpSpec, encode_batch, ops, sum_over_archs, tabulate
 from hwnas.space import Arch, SearchSpace
 
 SCHEMA_VERSION = 1
@@ -161,14 +161,10 @@ class LatencyTable:
                            f"resolutions that contain it with 'hwnas profile'") from None
 
     def _tabulated(self) -> tuple[np.ndarray, np.ndarray]:
+        """Latency per block position and fixed latency per resolution (NaN: not in the
+        table), for the vectorised sums."""
         if self._tables is None:
-            grid, fixed = op_grid(self.space)
-            blocks = np.full(grid.shape, np.nan)
-            for idx, op in np.ndenumerate(grid):
-                blocks[idx] = self._latency.get(op.key, np.nan)
-            fixed_sum = np.array([sum(self._latency.get(o.key, np.nan) for o in f)
-                                  for f in fixed])
-            self._tables = (blocks, fixed_sum)
+            self._tables = tabulate(self.space, lambda op: self._latency.get(op.key, np.nan))
         return self._tables
 
     def predict(self, archs: Arch | Sequence[Arch] | np.ndarray) -> np.ndarray | float:

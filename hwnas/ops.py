@@ -228,23 +228,28 @@ def tabulate(space: SearchSpace, value, dtype=np.float64) -> tuple[np.ndarray, n
 
 
 def sum_over_archs(X: np.ndarray, space: SearchSpace, blocks: np.ndarray,
-                   fixed: np.ndarray) -> np.ndarray:
+                   fixed: np.ndarray, per_stage: bool = False):
     """Sum a tabulated per-op value over each arch of an encoding matrix (no Python loop
-    per arch): fixed part of its resolution plus every active block's entry."""
+    per arch): fixed part of its resolution plus every active block's entry. With
+    ``per_stage``, returns (block sums per stage [n, S, ...], fixed part [n, ...])."""
     D, step = space.max_depth, 1 + 2 * space.max_depth
     ri = X[:, -1]
-    total = fixed[ri].astype(blocks.dtype, copy=True)
     depths = np.asarray(space.depths)
+    per = []
     for s in range(space.n_stages):
         g = X[:, s * step:(s + 1) * step]
         depth = depths[g[:, 0]]
-        for b in range(D):
+        acc = blocks[ri, s, 0, g[:, 1], g[:, 1 + D]].copy()  # every stage has a first block
+        for b in range(1, D):
             cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
             active = depth > b
             if cost.ndim > 1:
                 active = active.reshape((-1,) + (1,) * (cost.ndim - 1))
-            total = total + np.where(active, cost, 0)
-    return total
+            acc += np.where(active, cost, 0)
+        per.append(acc)
+    if per_stage:
+        return np.stack(per, axis=1), fixed[ri]
+    return fixed[ri] + sum(per)
 
 
 @functools.lru_cache(maxsize=16)

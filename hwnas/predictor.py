@@ -30,9 +30,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from hwnas.errors import HwnasError, LutError, read_json
+from hwnas.errors import HwnasError, LutError, check_settings, read_json
 from hwnas.lut import LatencyTable
-from hwnas.ops import _cost_tables, encode_batch
+from hwnas.ops import count_batch, encode_batch, sum_over_archs
 from hwnas.space import Arch, SearchSpace
 
 FORMAT_VERSION = 1
@@ -83,39 +83,24 @@ class Features:
 
     def lut_parts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-stage LUT sums [n, S], fixed part [n]) for an encoding matrix."""
-        sp = self.space
         blocks, fixed = self.table._tabulated()
-        D, step = sp.max_depth, 1 + 2 * sp.max_depth
-        ri = X[:, -1]
-        depths = np.asarray(sp.depths)
-        stages = np.zeros((X.shape[0], sp.n_stages))
-        for s in range(sp.n_stages):
-            g = X[:, s * step:(s + 1) * step]
-            depth = depths[g[:, 0]]
-            for b in range(D):
-                cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
-                stages[:, s] += np.where(depth > b, cost, 0.0)
-        out_fixed = fixed[ri]
-        if np.isnan(stages).any() or np.isnan(out_fixed).any():
-            bad = int(np.flatnonzero(np.isnan(stages).any(1) | np.isnan(out_fixed))[0])
-            self.table.predict([self.space.decode(X[bad])])  # raises, naming the op
+        stages, out_fixed = sum_over_archs(X, self.space, blocks, fixed, per_stage=True)
+        bad = np.isnan(stages).any(1) | np.isnan(out_fixed)
+        if bad.any():
+            self.table.predict([self.space.decode(X[np.flatnonzero(bad)[0]])])  # names the op
         return stages, out_fixed
 
     def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(feature matrix, LUT sum) for an encoding matrix."""
         sp = self.space
         X = np.asarray(X, dtype=np.int64)
-        Xc = X.copy()  # genes past a stage's depth zeroed (already true for encodings)
         stages, fixed = self.lut_parts(X)
         lut_sum = stages.sum(1) + fixed
-        cost_blocks, cost_fixed = _cost_tables(sp)
-        from hwnas.ops import sum_over_archs
-
-        counts = sum_over_archs(X, sp, cost_blocks, cost_fixed)
+        counts = count_batch(X, sp)
         res = np.asarray(sp.resolutions)[X[:, -1]]
         step = 1 + 2 * sp.max_depth
         n_blocks = np.asarray(sp.depths)[X[:, 0::step][:, :sp.n_stages]].sum(1)
-        F = np.column_stack([Xc, stages, fixed, lut_sum, counts[:, 0] / 1e6,
+        F = np.column_stack([X, stages, fixed, lut_sum, counts[:, 0] / 1e6,
                              counts[:, 1] / 1e6, res, n_blocks]).astype(np.float32)
         return F, lut_sum
 
@@ -317,10 +302,7 @@ class MacsLinear(Predictor):
         self.coef = (0.0, 0.0)
 
     def _macs(self, X):
-        from hwnas.ops import sum_over_archs
-
-        blocks, fixed = _cost_tables(self.space)
-        return sum_over_archs(X, self.space, blocks, fixed)[:, 0] / 1e6
+        return count_batch(X, self.space)[:, 0] / 1e6
 
     def _fit(self, X, y):
         m = self._macs(X)
@@ -350,16 +332,13 @@ class XGBParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = [("n_estimators", self.n_estimators >= 1, ">= 1"),
-                  ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
-                  ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
-                  ("subsample", 0 < self.subsample <= 1, "in (0, 1]"),
-                  ("colsample", 0 < self.colsample <= 1, "in (0, 1]"),
-                  ("ensemble", self.ensemble >= 1, ">= 1")]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise PredictorError(f"XGBoost parameter {name}={getattr(self, name)!r} is not "
-                                     f"allowed; must be {allowed}")
+        check_settings([("n_estimators", self.n_estimators >= 1, ">= 1"),
+                        ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
+                        ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
+                        ("subsample", 0 < self.subsample <= 1, "in (0, 1]"),
+                        ("colsample", 0 < self.colsample <= 1, "in (0, 1]"),
+                        ("ensemble", self.ensemble >= 1, ">= 1")],
+                       PredictorError, "XGBoost parameter", self)
 
 
 class XGBoostPredictor(Predictor):
@@ -393,10 +372,11 @@ class XGBoostPredictor(Predictor):
                                    num_boost_round=self.params.n_estimators)
                          for i in range(self.params.ensemble)]
 
-    def _ratios(self, X) -> tuple[np.ndarray, np.ndarray]:
-        F, s = self.features(X)
-        ratios = np.stack([b.inplace_predict(F) for b in self.boosters])
-        return ratios, s
+    def _ratios(self, X, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each ensemble member's predicted ratio to the LUT sum, and the LUT sum (from
+        ``features``, by default this predictor's own LUT)."""
+        F, s = (features or self.features)(X)
+        return np.stack([b.inplace_predict(F) for b in self.boosters]), s
 
     def _predict(self, X):
         ratios, s = self._ratios(X)
@@ -445,9 +425,7 @@ class TransferPredictor(Predictor):
         self.coef = (0.0, 0.0)
 
     def _prior(self, X):
-        F, s = self.features(X)
-        ratios = np.stack([b.inplace_predict(F) for b in self.base.boosters])
-        return ratios, s
+        return self.base._ratios(X, self.features)  # A's trees on B's LUT features
 
     def _fit(self, X, y):
         ratios, s = self._prior(X)

@@ -325,8 +325,7 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
     subnet_result = None
     if subnets:
         archs = sample_subnets(space, subnets, seed, resolutions)
-        dev = device
-        subnet_result = Profiler(dev, space, subnet_path, "subnets", cache_dir, progress).run(
+        subnet_result = Profiler(device, space, subnet_path, "subnets", cache_dir, progress).run(
             subnet_items(archs, space))
     return ops_result, subnet_result
 

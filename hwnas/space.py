@@ -76,6 +76,12 @@ class Arch:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
+def _is_number(v: Any) -> bool:
+    """An int or float (numpy's too), not a bool."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and \
+        not isinstance(v, (bool, np.bool_))
+
+
 def _num(v: float) -> int | float:
     return int(v) if float(v).is_integer() else float(v)
 
@@ -303,8 +309,7 @@ class SearchSpace:
 
     @staticmethod
     def _check_choice(name: str, value: Any, choices: Sequence) -> Any:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(
-                value, (int, float, np.integer, np.floating)):
+        if not _is_number(value):
             raise ArchError(f"arch field {name!r} must be a number, got "
                             f"{type(value).__name__} {value!r:.60}; allowed: {list(choices)}")
         for c in choices:
@@ -323,14 +328,10 @@ class SearchSpace:
                 v = values[i]
                 if b < depth:
                     out.append(self._check_choice(f"{name}[{i}]", v, choices))
-                else:
-                    if not (isinstance(v, (bool, np.bool_)) or not isinstance(
-                            v, (int, float, np.integer, np.floating))) and v == 0:
-                        out.append(choices[0])
-                    else:
-                        self._check_choice(f"{name}[{i}] (unused slot; 0 also allowed)", v,
-                                           choices)
-                        out.append(choices[0])
+                    continue
+                if not (_is_number(v) and v == 0):
+                    self._check_choice(f"{name}[{i}] (unused slot; 0 also allowed)", v, choices)
+                out.append(choices[0])
         return tuple(out)
 
     # ----------------------------------------------------------------------- encoding

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hwnas.data import Dataset, resize
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, check_settings
 from hwnas.space import Arch, SearchSpace, get_space
 from hwnas.supernet import Supernet
 
@@ -59,16 +59,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, ok, allowed in (
-                ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
-                ("lr", self.lr > 0, "> 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-                ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-                ("n_random", self.n_random >= 0, ">= 0"),
-                ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]")):
-            if not ok:
-                raise TrainError(f"training setting {name}={getattr(self, name)!r} is not "
-                                 f"allowed; must be {allowed}")
+        check_settings([
+            ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("n_random", self.n_random >= 0, ">= 0"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]")],
+            TrainError, "training setting", self)
 
 
 @dataclass
