@@ -269,13 +269,217 @@ def train_cmd(
                       f"(BN recalibrated) largest {acc[0]:.2%}, smallest {acc[1]:.2%}")
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        from hwnas.errors import HwnasError as _E
+@app.command("search")
+def search_cmd(
+    device: Optional[str] = typer.Option(None, help="device to search for: objective "
+                                         "'latency' means latency:<device>"),
+    objectives: str = typer.Option("acc,latency", help="comma-separated: acc, "
+                                   "latency[:<device>] (several devices allowed), params, "
+                                   "macs"),
+    budget_ms: str = typer.Option("", help="latency budget(s) in ms on the device, e.g. "
+                                  "5,10,15: one best network per budget"),
+    algo: str = typer.Option("nsga2", help="random, nsga2, nsga3, moga or nat"),
+    space: str = typer.Option("default", help=SPACE_HELP),
+    evaluations: int = typer.Option(200, min=2, help="accuracy evaluations to spend"),
+    pop_size: int = typer.Option(40, min=4, help="population size"),
+    seed: int = typer.Option(0),
+    weights: str = typer.Option("", help="moga: objective=weight,... (e.g. "
+                                "latency=2,acc=1)"),
+    resolutions: str = typer.Option("", help="restrict input resolutions, e.g. 160,192"),
+    checkpoint: Optional[Path] = typer.Option(None, help="supernet checkpoint (hwnas train) "
+                                              "for the acc objective"),
+    data: str = typer.Option("digits", help="validation data for acc: digits, "
+                             "imagefolder:PATH, cifar10:PATH, cifar100:PATH"),
+    accuracy_table: Optional[Path] = typer.Option(None, help="instead of a checkpoint: "
+                                                  "Parquet/CSV of measured accuracies "
+                                                  "(columns arch, acc) to fit a surrogate"),
+    lut: Path = typer.Option(Path("lut"), help="folder with tables and predictors"),
+    predictor: Optional[Path] = typer.Option(None, help="predictor file for --device "
+                                             "(default lut/<device>.predictor.json)"),
+    nat_initial: int = typer.Option(40, min=4, help="nat: archive size before iterating"),
+    nat_per_iteration: int = typer.Option(10, min=1, help="nat: evaluations per iteration"),
+    nat_adapt_steps: int = typer.Option(0, min=0, help="nat: supernet steps per iteration"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/search-<time>)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the search in this run "
+                                          "folder (its config.json wins)"),
+) -> None:
+    """Multi-objective search under latency budgets; writes runs/<id>/."""
+    from hwnas.search import SearchConfig, SearchError, search
 
-        raise _E(f"{flag} must be comma-separated integers, got {text!r}") from None
+    names = []
+    for name in (n.strip() for n in objectives.split(",") if n.strip()):
+        if name == "latency":
+            if not device:
+                raise SearchError("objective 'latency' needs --device (or write "
+                                  "latency:<device>)")
+            name = f"latency:{device}"
+        names.append(name)
+    if device and f"latency:{device}" not in names:
+        names.append(f"latency:{device}")
+    cfg = SearchConfig(
+        space=space, objectives=tuple(names), algorithm=algo, evaluations=evaluations,
+        budgets_ms=tuple(_float_list(budget_ms, "--budget-ms")), pop_size=pop_size,
+        budget_device=device if budget_ms and device else None, seed=seed,
+        weights=_weights(weights, device), resolutions=tuple(_int_list(resolutions,
+                                                                       "--resolutions")),
+        lut_dir=str(lut), predictors={device: str(predictor)} if device and predictor else {},
+        checkpoint=str(checkpoint) if checkpoint else None, data=data,
+        accuracy_table=str(accuracy_table) if accuracy_table else None,
+        nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
+        nat_adapt_steps=nat_adapt_steps)
+    res = search(cfg, resume or out, resume=resume is not None)
+    table = Table("budget", "arch", *[c for c in ("acc", *[f"latency:{d}" for d in
+                                                            [o.split(":", 1)[1] for o in
+                                                             cfg.objectives if
+                                                             o.startswith("latency:")]])],
+                  "MMACs", "params (M)", title=f"{cfg.algorithm}: best per budget "
+                  f"({res.evaluations} evaluations, {res.seconds:.0f} s)")
+    from hwnas.ops import count
+
+    sp = get_space(cfg.space)
+    for b, row in res.best.items():
+        arch = sp.arch(json.loads(row["arch"]))
+        c = count(arch, sp)
+        lat = [f"{row[k]:.3f} ms" for k in row if k.startswith("latency:")
+               and not k.endswith(":std")]
+        acc = [f"{row['acc']:.2%}"] if "acc" in cfg.objectives else ["-"]
+        table.add_row(f"{b:g} ms" if b else "-", row["name"], *acc, *lat,
+                      f"{c.macs / 1e6:.1f}", f"{c.params / 1e6:.3f}")
+    console.print(table)
+    for label, path in res.files.items():
+        console.print(f"{label}: {path}")
+
+
+def _weights(text: str, device: str | None) -> dict[str, float]:
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = None
+        if not sep or w is None:
+            raise HwnasError(f"--weights must look like acc=1,latency=2; got {item!r}")
+        out[f"latency:{device}" if name == "latency" and device else name] = w
+    return out
+
+
+@app.command("export")
+def export_cmd(
+    arch: Path = typer.Option(..., help="arch JSON (hwnas or OFA dict, pareto.json entry) "
+                              "or a search run folder (its best.json)"),
+    format: str = typer.Option("onnx,tflite", "--format", help="comma-separated: onnx, "
+                               "tflite, tensorrt"),
+    out: Path = typer.Option(Path("export"), help="output folder"),
+    checkpoint: Optional[Path] = typer.Option(None, help="supernet checkpoint for the weights "
+                                              "(default: seeded random init)"),
+    device: list[str] = typer.Option([], help="measure on this device (repeatable); it runs "
+                                     "the exported file of its format"),
+    fp16: bool = typer.Option(False, help="also fp16 variants (TFLite fp16 weights, TensorRT "
+                              "fp16 engine)"),
+    int8: bool = typer.Option(False, help="also a dynamic-range int8 TFLite variant"),
+    dynamic_batch: bool = typer.Option(False, help="ONNX with a dynamic batch dimension"),
+    simplify: bool = typer.Option(True, help="simplify the ONNX graph with onnxslim (when "
+                                  "installed)"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP + " (default: the checkpoint's "
+                                        "or the search run's)"),
+    lut: Path = typer.Option(Path("lut"), help="folder with the devices' predictors/LUTs"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Export an arch to ONNX/TFLite/TensorRT, verify against PyTorch, measure; manifest."""
+    from hwnas.export import export
+
+    res = export(arch, out, format.split(","), space=space, checkpoint=checkpoint,
+                 devices=device, fp16=fp16, int8=int8, dynamic_batch=dynamic_batch,
+                 simplify=simplify, lut_dir=lut, seed=seed)
+    m = res.manifest
+    files = Table("variant", "file", "bytes", "sha256", title=f"export of {m['name']}")
+    for f in m["files"]:
+        files.add_row(f["variant"], f["file"], f"{f['bytes']:,}", f["sha256"][:16])
+    console.print(files)
+    checks = Table("variant", "against", "max abs diff", "tolerance", "ok", title="checks")
+    for c in m["checks"]:
+        tol = "report only" if c["tolerance"] is None else f"{c['tolerance']:.2g}"
+        checks.add_row(c["variant"], c["against"], f"{c['max_abs_diff']:.3g}", tol,
+                       "yes" if c["ok"] else "NO")
+    console.print(checks)
+    if m["latency"]:
+        lat = Table("device", "file", "predicted ms", "measured ms", "measured/predicted",
+                    title="latency")
+        for r in m["latency"]:
+            pred = "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}"
+            ratio = "-" if r["measured/predicted"] is None else f"{r['measured/predicted']:.3f}"
+            lat.add_row(r["device"], r["file"], pred, f"{r['measured_ms']:.3f}", ratio)
+        console.print(lat)
+    for s in m["skipped"]:
+        console.print(f"skipped {s['stage']}: {s['why']}", style="yellow")
+    console.print(f"manifest: {res.manifest_path}")
+
+
+@app.command("quickstart")
+def quickstart_cmd(
+    budget_ms: Optional[float] = typer.Option(None, help="latency budget on this CPU (ONNX "
+                                              "Runtime); default: the middle of the "
+                                              "measured range"),
+    minutes: float = typer.Option(10.0, help="rough time budget; scales training and "
+                                  "search"),
+    out: Path = typer.Option(Path("runs/quickstart"), help="everything goes here; a re-run "
+                             "reuses what is valid"),
+    seed: int = typer.Option(0),
+    subnets: Optional[int] = typer.Option(None, help="subnets measured end to end "
+                                          "(default 90)"),
+    epochs: Optional[int] = typer.Option(None, help="supernet epochs (default from "
+                                         "--minutes)"),
+    evaluations: Optional[int] = typer.Option(None, help="accuracy evaluations of the "
+                                              "search (default from --minutes)"),
+    runs: Optional[int] = typer.Option(None, help="timed runs per visit (default: the "
+                                       "device file's)"),
+    rounds: Optional[int] = typer.Option(None, help="timing rounds (default: the device "
+                                         "file's)"),
+) -> None:
+    """Profile this CPU, fit the predictor, train, search under a budget, export, measure."""
+    import dataclasses
+
+    from hwnas.quickstart import NEXT_STEPS, QuickstartConfig, run
+
+    cfg = QuickstartConfig(out=str(out), budget_ms=budget_ms, seed=seed).scaled(minutes)
+    sizes = {"subnets": subnets, "train_epochs": epochs, "evaluations": evaluations,
+             "protocol_runs": runs, "protocol_rounds": rounds}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
+    res = run(cfg, console)
+    table = Table("", "", title="hwnas quickstart: the chosen network")
+    table.add_row("arch", res.name)
+    table.add_row("top-1 (digits val, BN recalibrated)", f"{res.accuracy:.2%}")
+    table.add_row("MACs / params", f"{res.macs / 1e6:.2f} M / {res.params / 1e6:.3f} M")
+    table.add_row("budget", f"{res.budget_ms:.3f} ms on {cfg.device}")
+    for r in res.latency:
+        pred = "no prediction" if r.get("predicted_ms") is None else \
+            f"predicted {r['predicted_ms']:.3f} ms"
+        meas = "not measured" if r.get("measured_ms") is None else \
+            f"measured {r['measured_ms']:.3f} ms"
+        table.add_row(f"{r['device']} ({r.get('file')})", f"{pred}, {meas}")
+    table.add_row("time", ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
+    console.print(table)
+    files = Table("what", "where", title="files")
+    for k, v in res.files.items():
+        files.add_row(k, v)
+    console.print(files)
+    console.print(NEXT_STEPS)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    return _numbers(text, flag, int, "integers")
+
+
+def _float_list(text: str, flag: str) -> list[float]:
+    return _numbers(text, flag, float, "numbers")
+
+
+def _numbers(text: str, flag: str, cast, what: str) -> list:
+    try:
+        return [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise HwnasError(f"{flag} must be comma-separated {what}, got {text!r}") from None
 
 
 def _read_archs(path: Path, sp):

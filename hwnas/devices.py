@@ -174,7 +174,7 @@ def parse_device(data: Any, where: str = "device") -> Device:
             raise _fail(where, f"field 'execution_provider' = {ep!r} does not match hardware "
                                f"{hardware!r}; use {ORT_PROVIDERS[hardware]!r}")
     elif ep is not None:
-        raise _fail(where, f"field 'execution_provider' is only for backend 'onnxruntime'")
+        raise _fail(where, "field 'execution_provider' is only for backend 'onnxruntime'")
     affinity = data.get("cpu_affinity")
     if affinity is not None:
         if not isinstance(affinity, list) or not affinity or not all(

@@ -330,5 +330,39 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
     return ops_result, subnet_result
 
 
-__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "profile", "sample_subnets",
+def time_runner(runner, protocol) -> dict[str, float]:
+    """Time one prepared model with the profiling protocol (``rounds`` of ``warmup`` +
+    ``runs`` calls, summarised over all timed calls, re-measured while noisier than
+    ``max_spread``): what the profiler does for each row, for a single model file."""
+    best: dict[str, float] | None = None
+    for attempt in range(protocol.max_retries + 1):
+        samples = []
+        for _ in range(protocol.rounds):
+            if protocol.warmup and not runner.info.get("warmup_inside"):
+                runner.time(protocol.warmup)
+            samples.append(runner.time(protocol.runs) * 1e3)
+        stats = summarize(np.concatenate(samples))
+        stats["attempts"] = attempt + 1
+        if best is None or stats["spread"] < best["spread"]:
+            best = stats
+        if best["spread"] <= protocol.max_spread:
+            break
+    return best
+
+
+def measure_subnets(device: Device | str, archs: Sequence[Arch], space: SearchSpace | str,
+                    out_dir: str | Path, cache_dir: str | Path | None = None,
+                    progress: bool = True) -> pd.DataFrame:
+    """Measure ``archs`` end to end with the profiling protocol into
+    ``<out_dir>/<device>.subnets.parquet`` (resumable, reused when already there);
+    returns one row per arch, in the order given."""
+    device, space = load_device(device), get_space(space)
+    _, path = table_paths(device.name, out_dir)
+    res = Profiler(device, space, path, "subnets", cache_dir, progress).run(
+        subnet_items(archs, space))
+    return res.table.set_index("key").loc[[a.key for a in archs]].reset_index()
+
+
+__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "measure_subnets", "pinned", "profile",
+           "sample_subnets", "time_runner",
            "summarize", "SCHEMA_VERSION"]

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -258,3 +258,29 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                 break
     net.set_active(space.largest())
     return TrainResult(ckpt, len(history), history, net)
+
+
+def adapt_supernet(net: Supernet, archs: Sequence[Arch], data: Dataset, steps: int,
+                   lr: float = 0.005, batch_size: int = 64, seed: int = 0) -> Supernet:
+    """NAT's supernet adaptation: ``steps`` SGD steps, each on one subnet drawn from
+    ``archs`` (the search's current best), so the shared weights follow the search."""
+    if steps <= 0 or not archs:
+        return net
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    done = 0
+    while done < steps:
+        for x, y in data.batches(batch_size, True, g):
+            arch = archs[int(rng.integers(len(archs)))]
+            net.set_active(arch)
+            loss = F.cross_entropy(net(resize(x, arch.r)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done >= steps:
+                break
+    net.set_active(net.space.largest())
+    return net.eval()

@@ -1,11 +1,10 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import synthetic_table
 
-from hwnas.lut import LatencyTable, write_table
-from hwnas.ops import count_batch, ops, unique_ops
+from hwnas.ops import count_batch
 from hwnas.predictor import (LutLinear, LutSum, MacsLinear, PredictorError, TransferPredictor,
                              XGBoostPredictor, load_predictor, make_predictor, metrics,
                              split_subnets)
@@ -15,15 +14,7 @@ FP_B = {"device": "b", "cpu": "x", "threads": 1, "runtime": "torch"}
 
 
 def _table(tmp_path, space, name, fp, scale=1.0, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for op in unique_ops(space):
-        lat = float(rng.uniform(0.01, 0.2)) * scale
-        rows.append({**op.row(), "latency_ms": lat, "p10_ms": lat, "p90_ms": lat, "spread": 0.0,
-                     "count": 10, "attempts": 1})
-    path = write_table(pd.DataFrame(rows), tmp_path / f"{name}.parquet",
-                       {"fingerprint": fp, "space": space.to_dict()})
-    return LatencyTable.load(path)
+    return synthetic_table(tmp_path / f"{name}.parquet", space, fp, scale, seed)
 
 
 def _truth(table, archs, space, a=1.3, b=0.2, fusion=0.15):

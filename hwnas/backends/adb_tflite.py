@@ -234,6 +234,7 @@ class Adb:
 
 
 class AdbTFLiteBackend(Backend):
+    file_format = "tflite"
     name = "adb-tflite"
 
     def __init__(self, device, cache_dir=None, adb: Adb | None = None) -> None:
@@ -293,6 +294,11 @@ class AdbTFLiteBackend(Backend):
         local = self.cache_path(key, ".tflite")
         if not local.exists():
             to_tflite(module, sample_input(input_shape), local)
+        return self.load(local, input_shape, key)
+
+    def load(self, local, input_shape: tuple[int, ...], key: str = "") -> Runner:
+        """Push a .tflite file to the phone and time it with benchmark_model."""
+        local = Path(local)
         self._ensure_dir()
         remote = f"{self.settings.remote_dir.rstrip('/')}/{local.name}"
         self.adb(push_command(self.settings, local, remote))

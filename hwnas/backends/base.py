@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.errors import BackendError
+
 DEFAULT_CACHE = Path("lut") / ".cache"
 
 
@@ -49,6 +51,7 @@ class Backend(ABC):
     """A runtime on a device. Subclasses implement :meth:`prepare` and :meth:`check`."""
 
     name: ClassVar[str]
+    file_format: ClassVar[str | None] = None  # the file kind load() takes: onnx, tflite
 
     def __init__(self, device, cache_dir: str | Path | None = None) -> None:
         self.device = device
@@ -68,6 +71,10 @@ class Backend(ABC):
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
         """Build/convert ``module`` (batch-1 NCHW input of ``input_shape``) for timing."""
+
+    def load(self, path: str | Path, input_shape: tuple[int, ...], key: str = "") -> Runner:
+        """Load a model file this runtime runs (``file_format``), e.g. an exported one."""
+        raise BackendError(f"the {self.name} backend runs PyTorch modules, not model files")
 
     def cache_path(self, key: str, suffix: str) -> Path:
         """A file name for a converted artefact of ``key`` (op keys contain ':' and '>')."""

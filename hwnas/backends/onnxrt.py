@@ -32,6 +32,7 @@ def session_options(threads: int):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    file_format = "onnx"
 
     @classmethod
     def check(cls, device) -> str | None:
@@ -70,9 +71,11 @@ class OnnxRuntimeBackend(Backend):
         return path
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
+        return self.load(self.onnx_file(module, input_shape, key), input_shape, key)
+
+    def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         import onnxruntime as ort
 
-        path = self.onnx_file(module, input_shape, key)
         dev = self.device
         providers: list[Any] = [dev.execution_provider]
         if dev.hardware == "cuda":

@@ -50,6 +50,7 @@ def parse_errors(parser) -> str:
 
 
 class TensorRTBackend(Backend):
+    file_format = "onnx"  # load() builds the engine from the ONNX file
     name = "tensorrt"
 
     @classmethod
@@ -110,14 +111,22 @@ class TensorRTBackend(Backend):
         return data
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
-        import tensorrt as trt
-
         # The ONNX file is exported in fp32; TensorRT lowers precision itself (FP16 flag).
         onnx_path = self.cache_path(key, ".onnx")
         if not onnx_path.exists():
             from hwnas.convert import to_onnx
 
             to_onnx(module.eval().float(), sample_input(input_shape), onnx_path)
+        return self.load(onnx_path, input_shape, key)
+
+    def load(self, onnx_path, input_shape: tuple[int, ...], key: str = "") -> Runner:
+        """An engine built from an ONNX file (cached by ``key``, else by the file's hash)."""
+        import tensorrt as trt
+
+        if not key:
+            import hashlib
+
+            key = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
         engine_bytes = self.build_engine(onnx_path, input_shape, key)
         logger = trt.Logger(trt.Logger.WARNING)
         engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)

@@ -45,6 +45,7 @@ def _gpu_model(path: str):
 
 class TFLiteBackend(Backend):
     name = "tflite"
+    file_format = "tflite"
 
     @classmethod
     def check(cls, device) -> str | None:
@@ -74,7 +75,10 @@ class TFLiteBackend(Backend):
         return path
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
-        path = self.tflite_file(module, input_shape, key)
+        return self.load(self.tflite_file(module, input_shape, key), input_shape, key)
+
+    def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
+        path = Path(path)
         x = nhwc(sample_input(input_shape)).numpy()
         if self.device.hardware == "cuda":
             return self._gpu_runner(path, x)

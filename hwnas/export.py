@@ -1,0 +1,505 @@
+"""Export a searched subnet to ONNX, TFLite and TensorRT; check every file against PyTorch
+(TensorRT against ONNX Runtime); measure it on devices; write one manifest.
+
+Stages, in order, each named in errors and in the manifest: ``arch`` -> ``weights`` ->
+``onnx export`` -> ``onnx check`` -> ``onnx verify`` -> ``tflite[-fp16|-int8] export`` ->
+``... verify`` -> ``tensorrt[-fp16] build`` -> ``... verify`` -> ``measure <device>``.
+Failure is loud: the stage's :class:`ExportError` propagates (the CLI exits 2), and the
+files written so far stay, with ``manifest.json`` saying ``"status": "failed"`` and where.
+
+Tolerances (max abs difference of the logits) are fixed per variant in :data:`TOLERANCE`:
+1e-4 for ONNX fp32, 1e-3 for TFLite fp32; quantised variants are checked against a bound
+relative to the logits' range, since fp16/int8 weights cannot match to 1e-3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwnas.errors import ArchError, HwnasError, read_json
+from hwnas.space import Arch, SearchSpace, get_space
+
+FORMATS = ("onnx", "tflite", "tensorrt")
+# variant -> (absolute tolerance, tolerance relative to the reference's max |logit|);
+# None: reported, and only non-finite or mis-shaped outputs fail (dynamic-range int8 on an
+# untrained net can differ by most of the logits' range; judge it by accuracy instead)
+TOLERANCE: dict[str, tuple[float, float] | None] = {
+    "onnx": (1e-4, 0.0), "tflite": (1e-3, 0.0), "tflite-fp16": (0.0, 0.1),
+    "tflite-int8": None, "tensorrt": (1e-3, 0.01), "tensorrt-fp16": (0.0, 0.1)}
+
+
+class ExportError(HwnasError):
+    """A stage of an export failed; ``stage`` names it."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"export failed at stage '{stage}': {message}")
+        self.stage = stage
+
+
+class MismatchError(ExportError):
+    """An exported model's outputs differ from the reference by more than the tolerance."""
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and what its manifest says."""
+
+    out_dir: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest.get("status") == "ok"
+
+
+# ------------------------------------------------------------------------ inputs
+def read_arch(source: str | Path | dict | Arch, space: SearchSpace) -> Arch:
+    """An arch from an :class:`Arch`, a dict (hwnas or OFA keys), a JSON file holding one
+    (or ``{"arch": ...}`` as in ``pareto.json``, or a list: the first), or a search run
+    folder (its ``best.json``)."""
+    if isinstance(source, Arch):
+        return space.arch(source)
+    if isinstance(source, dict):
+        return space.arch(source.get("arch", source))
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "best.json").exists():
+            raise ArchError(f"{path} is a folder without best.json; pass an arch JSON file "
+                            f"or a search run folder")
+        path = path / "best.json"
+    obj = read_json(path, ArchError, "arch file")
+    if isinstance(obj, list):
+        if not obj:
+            raise ArchError(f"{path} holds an empty list; it needs an arch")
+        obj = obj[0]
+    if not isinstance(obj, dict):
+        raise ArchError(f"{path} must hold an arch object (r, d, k, e or OFA's ks, e, d)")
+    try:
+        return space.arch(obj.get("arch", obj))
+    except ArchError as exc:
+        raise ArchError(f"{path}: {exc}") from None
+
+
+def space_for(source: Any, checkpoint: str | Path | None, space: str | None) -> SearchSpace:
+    """The space to read ``source`` in: given, else the checkpoint's, else the search
+    run's (``config.json`` next to the arch), else the default."""
+    if space:
+        return get_space(space)
+    if checkpoint:
+        from hwnas.train import load_checkpoint
+
+        return SearchSpace.from_dict(load_checkpoint(checkpoint)["space"])
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        config = (path if path.is_dir() else path.parent) / "config.json"
+        if config.exists():
+            cfg = read_json(config, ArchError, "search config")
+            if isinstance(cfg, dict) and isinstance(cfg.get("space"), str):
+                return get_space(cfg["space"])
+    return get_space("default")
+
+
+def build_subnet(arch: Arch, space: SearchSpace, checkpoint: str | Path | None = None,
+                 seed: int = 0) -> nn.Module:
+    """The static subnet: with a checkpoint's weights, else freshly initialised (seeded)
+    with batch-norm statistics estimated on images, so activations keep their scale
+    through the depth and the outputs depend on the input (without that, an untrained
+    net's logits are constant and a conversion check would prove nothing)."""
+    from hwnas.supernet import Supernet
+    from hwnas.train import load_supernet
+
+    if checkpoint:
+        return load_supernet(checkpoint, space).subnet(arch).eval()
+    from hwnas.evaluate import recalibrate_bn
+
+    torch.manual_seed(seed)
+    net = Supernet(space).subnet(arch)
+    x = torch.cat([torch.from_numpy(v) for _, v in verification_inputs(
+        arch, space, seed + 1, n_random=16, n_real=48)])
+    return recalibrate_bn(net, [x]).eval()
+
+
+def verification_inputs(arch: Arch, space: SearchSpace, seed: int = 0, n_random: int = 2,
+                        n_real: int = 2) -> list[tuple[str, np.ndarray]]:
+    """Batch-1 NCHW inputs: seeded random ones, and real images (the embedded data set
+    resized to the arch's resolution) when the space takes 3-channel images."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, space.in_channels, arch.r, arch.r)
+    out = [(f"random{i}", torch.randn(shape, generator=g).numpy()) for i in range(n_random)]
+    if n_real and space.in_channels == 3:
+        from hwnas.data import digits, resize
+
+        _, val = digits(arch.r, seed=seed)
+        x = resize(val.images[:n_real], arch.r)
+        out += [(f"real{i}", x[i:i + 1].numpy()) for i in range(len(x))]
+    return out
+
+
+def compare(variant: str, run: Callable[[np.ndarray], np.ndarray],
+            reference: Callable[[np.ndarray], np.ndarray],
+            inputs: Sequence[tuple[str, np.ndarray]], stage: str) -> dict[str, Any]:
+    """Max abs difference of ``run`` against ``reference`` over ``inputs``; raises
+    :class:`MismatchError` naming the worst input when over the variant's tolerance."""
+    bound = TOLERANCE[variant]
+    worst, worst_input, scale = 0.0, None, 0.0
+    for label, x in inputs:
+        ref = np.asarray(reference(x), dtype=np.float64)
+        got = np.asarray(run(x), dtype=np.float64)
+        if got.shape != ref.shape:
+            raise MismatchError(stage, f"output shape {got.shape} differs from the "
+                                       f"reference's {ref.shape} (input {label})")
+        if not np.all(np.isfinite(got)):
+            raise MismatchError(stage, f"non-finite outputs on input {label}")
+        diff = float(np.max(np.abs(got - ref)))
+        scale = max(scale, float(np.max(np.abs(ref))))
+        if diff > worst or worst_input is None:
+            worst, worst_input = diff, label
+    tol = None if bound is None else bound[0] + bound[1] * scale
+    check = {"variant": variant, "inputs": [label for label, _ in inputs],
+             "max_abs_diff": worst, "relative_diff": worst / scale if scale else None,
+             "tolerance": tol, "worst_input": worst_input,
+             "ok": bool(tol is None or worst <= tol)}
+    if not check["ok"]:
+        raise MismatchError(stage, f"max abs difference {worst:.3g} on input {worst_input} "
+                                   f"exceeds the tolerance {tol:.3g} for {variant}")
+    return check
+
+
+def _torch_ref(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    @torch.no_grad()
+    def ref(x: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(x)).numpy()
+
+    return ref
+
+
+def file_record(path: Path, fmt: str, variant: str) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {"format": fmt, "variant": variant, "file": path.name, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ------------------------------------------------------------------------- stages
+def onnx_file(module: nn.Module, sample: torch.Tensor, path: Path, dynamic_batch: bool,
+              simplify: bool = True) -> dict[str, Any]:
+    """Export, simplify with onnxslim where installed (the exporter already folds
+    batch norm and constants, so on these nets it mostly confirms that), and check."""
+    import onnx
+
+    from hwnas.convert import to_onnx
+
+    try:
+        to_onnx(module, sample, path, dynamic_batch=dynamic_batch)
+    except HwnasError as exc:
+        raise ExportError("onnx export", str(exc)) from None
+    model = onnx.load(str(path))
+    info: dict[str, Any] = {"opset": _opset(model), "dynamic_batch": dynamic_batch,
+                            "nodes_exported": len(model.graph.node), "simplified_by": None}
+    if simplify:
+        try:
+            import onnxslim
+        except ImportError:
+            info["simplified_by"] = "not simplified: onnxslim is not installed " \
+                                    "(pip install 'hwnas[onnx-tools]')"
+        else:
+            try:
+                slim = onnxslim.slim(model)
+            except Exception as exc:
+                raise ExportError("onnx export", f"onnxslim failed on {path.name}: {exc}"
+                                  ) from None
+            if len(slim.graph.node) < len(model.graph.node):
+                model = slim
+                onnx.save(model, str(path))
+            info["simplified_by"] = f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ExportError("onnx check", f"{path.name} fails onnx.checker: {exc}") from None
+    info["nodes"] = len(model.graph.node)
+    info["ops"] = sorted({n.op_type for n in model.graph.node})
+    return info
+
+
+def _opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: x.astype(np.float32)})[0]
+
+    return run
+
+
+def tflite_runner(path: Path, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    from hwnas.backends.tflite import interpreter_runner, nhwc_np
+
+    runner = interpreter_runner(path, nhwc_np(np.zeros(shape, np.float32)), threads=1)
+    return runner.infer
+
+
+# --------------------------------------------------------------------------- main
+class _Manifest:
+    """The manifest, rewritten after every stage so a failure leaves it describing what
+    was done."""
+
+    def __init__(self, path: Path, head: dict[str, Any]) -> None:
+        self.path, self.doc = path, {**head, "status": "running", "stage": None,
+                                     "files": [], "checks": [], "latency": [], "skipped": []}
+
+    def stage(self, name: str) -> None:
+        self.doc["stage"] = name
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".partial")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=_plain) + "\n")
+        tmp.replace(self.path)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return str(v)
+
+
+def export(arch: Arch | dict | str | Path, out_dir: str | Path,
+           formats: Sequence[str] = ("onnx", "tflite"), space: str | SearchSpace | None = None,
+           checkpoint: str | Path | None = None, devices: Sequence[str] = (),
+           fp16: bool = False, int8: bool = False, dynamic_batch: bool = False,
+           simplify: bool = True, lut_dir: str | Path = "lut", measure: bool = True,
+           seed: int = 0, progress: bool = True) -> ExportResult:
+    """Export ``arch`` in ``formats`` into ``out_dir``, verify each file, and measure the
+    matching file on each of ``devices``; returns the manifest (also ``manifest.json``)."""
+    formats = _check_formats(formats)
+    sp = space if isinstance(space, SearchSpace) else space_for(arch, checkpoint, space)
+    a = read_arch(arch, sp)
+    from hwnas.devices import check_usable, load_device
+
+    devs = [load_device(d) for d in devices]
+    for d in devs:  # bad input is refused before any work
+        fmt = _device_format(d)
+        if fmt is not None and fmt not in formats:
+            raise ExportError("arch", f"device {d.name} runs {fmt} files; add {fmt} to the "
+                                      f"formats ({', '.join(formats)}) to measure it there")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from hwnas.ops import count
+
+    c = count(a, sp)
+    man = _Manifest(out / "manifest.json", {
+        "format": "hwnas-export", "format_version": 1, "arch": a.to_dict(),
+        "name": sp.arch_name(a), "space": sp.name, "space_id": sp.id, "macs": c.macs,
+        "params": c.params, "input_shape": [1, sp.in_channels, a.r, a.r],
+        "input_layout": {"onnx": "NCHW", "tflite": "NHWC", "tensorrt": "NCHW"},
+        "weights": str(checkpoint) if checkpoint else f"random init (seed {seed})",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    (out / "arch.json").write_text(a.to_json() + "\n")
+    files: dict[str, Path] = {}
+    try:
+        man.stage("weights")
+        module = build_subnet(a, sp, checkpoint, seed)
+        ref = _torch_ref(module)
+        inputs = verification_inputs(a, sp, seed)
+        shape = (1, sp.in_channels, a.r, a.r)
+        sample = torch.from_numpy(inputs[0][1])
+        from rich.progress import Progress
+
+        steps = len(formats) + len(devs) + int(fp16) + int(int8)
+        with Progress(disable=not progress, transient=False) as bar:
+            task = bar.add_task("export", total=steps)
+            if "onnx" in formats or "tensorrt" in formats:
+                _export_onnx(man, module, sample, out, dynamic_batch, simplify, ref, inputs,
+                             files)
+                bar.advance(task)
+            if "tflite" in formats:
+                variants = ["tflite"] + ["tflite-fp16"] * fp16 + ["tflite-int8"] * int8
+                for v in variants:
+                    bar.update(task, description=f"export {v}")
+                    _export_tflite(man, v, module, sample, shape, out, ref, inputs, files)
+                    bar.advance(task)
+            if "tensorrt" in formats:
+                _export_tensorrt(man, files["onnx"], shape, out, fp16, inputs, files)
+                bar.advance(task)
+            for d in devs:
+                bar.update(task, description=f"measure {d.name}")
+                problem = check_usable(d)
+                if problem:
+                    man.doc["skipped"].append({"stage": f"measure {d.name}", "why": problem})
+                elif measure:
+                    man.stage(f"measure {d.name}")
+                    man.doc["latency"].append(_measure(d, a, sp, module, files, shape, out,
+                                                       lut_dir))
+                bar.advance(task)
+    except ExportError as exc:
+        man.doc.update(status="failed", error=str(exc), failed_stage=exc.stage)
+        man.write()
+        raise
+    except HwnasError as exc:
+        stage = man.doc["stage"] or "arch"
+        man.doc.update(status="failed", error=str(exc), failed_stage=stage)
+        man.write()
+        raise ExportError(stage, str(exc)) from None
+    man.doc.update(status="ok", stage="done")
+    man.write()
+    return ExportResult(out, man.path, man.doc, files)
+
+
+def _check_formats(formats: Sequence[str] | str) -> list[str]:
+    items = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    items = [f for f in items if f]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise ExportError("arch", f"unknown format(s) {bad or items}; allowed: "
+                                  f"{', '.join(FORMATS)}")
+    return items
+
+
+def _device_format(device) -> str | None:
+    from hwnas.backends import get_backend_class
+
+    return get_backend_class(device.backend).file_format
+
+
+def _export_onnx(man, module, sample, out, dynamic_batch, simplify, ref, inputs, files):
+    man.stage("onnx export")
+    path = out / "model.onnx"
+    t = time.perf_counter()
+    info = onnx_file(module, sample, path, dynamic_batch, simplify)
+    files["onnx"] = path
+    man.doc["files"].append({**file_record(path, "onnx", "onnx"), **info,
+                             "export_s": time.perf_counter() - t})
+    man.stage("onnx verify")
+    run = onnx_runner(path)
+    man.doc["checks"].append({"format": "onnx", "against": "pytorch",
+                              **compare("onnx", run, ref, inputs, "onnx verify")})
+    if dynamic_batch:  # one batch of every input at once
+        batch = np.concatenate([x for _, x in inputs])
+        man.doc["checks"].append({"format": "onnx", "against": "pytorch", **compare(
+            "onnx", run, ref, [("batch", batch)], "onnx verify")})
+
+
+def _export_tflite(man, variant, module, sample, shape, out, ref, inputs, files):
+    from hwnas.convert import to_tflite
+
+    quant = {"tflite": None, "tflite-fp16": "fp16", "tflite-int8": "int8-dynamic"}[variant]
+    path = out / ("model.tflite" if quant is None else f"model-{variant.split('-')[1]}.tflite")
+    man.stage(f"{variant} export")
+    t = time.perf_counter()
+    try:
+        to_tflite(module, sample, path, quantize=quant)
+    except HwnasError as exc:
+        raise ExportError(f"{variant} export", str(exc)) from None
+    files[variant] = path
+    man.doc["files"].append({**file_record(path, "tflite", variant),
+                             "export_s": time.perf_counter() - t})
+    man.stage(f"{variant} verify")
+    run = tflite_runner(path, shape)
+    man.doc["checks"].append({"format": "tflite", "against": "pytorch",
+                              **compare(variant, run, ref, inputs, f"{variant} verify")})
+
+
+def _export_tensorrt(man, onnx_path, shape, out, fp16, inputs, files):
+    import dataclasses
+
+    from hwnas.backends.tensorrt import TensorRTBackend
+    from hwnas.devices import load_device
+
+    base = load_device("cuda-tensorrt")
+    problem = TensorRTBackend.check(base)
+    if problem:
+        man.doc["skipped"].append({"stage": "tensorrt build", "why": problem})
+        man.write()
+        return
+    ort_run = onnx_runner(onnx_path)
+    for variant, precision in [("tensorrt", "fp32")] + [("tensorrt-fp16", "fp16")] * fp16:
+        man.stage(f"{variant} build")
+        dev = dataclasses.replace(base, precision=precision)
+        backend = TensorRTBackend(dev, cache_dir=out / ".trt-cache")
+        key = f"{file_record(onnx_path, 'onnx', 'onnx')['sha256']}|{precision}"
+        try:
+            engine = backend.build_engine(onnx_path, shape, key)
+            runner = backend.load(onnx_path, shape, key)
+        except HwnasError as exc:
+            raise ExportError(f"{variant} build", str(exc)) from None
+        path = out / ("model.engine" if precision == "fp32" else "model-fp16.engine")
+        path.write_bytes(engine)
+        files[variant] = path
+        man.doc["files"].append(file_record(path, "tensorrt", variant))
+        man.stage(f"{variant} verify")
+        man.doc["checks"].append({"format": "tensorrt", "against": "onnxruntime", **compare(
+            variant, runner.infer, ort_run, inputs, f"{variant} verify")})
+
+
+def _measure(device, arch: Arch, space: SearchSpace, module, files, shape, out, lut_dir
+             ) -> dict[str, Any]:
+    """Time the exported file the device runs (the module itself on torch devices) with
+    the profiling protocol, next to the device's predicted latency."""
+    from hwnas.backends import get_backend
+    from hwnas.profile import pinned, time_runner
+
+    fmt = _device_format(device)
+    variant = fmt if fmt != "tflite" or device.precision != "fp16" or \
+        "tflite-fp16" not in files else "tflite-fp16"
+    backend = get_backend(device, out / ".cache" / device.name)
+    try:
+        with pinned(device.cpu_affinity):
+            runner = backend.load(files[variant], shape) if fmt else \
+                backend.prepare(module, shape, arch.key)
+            stats = time_runner(runner, device.protocol)
+            runner.close()
+    except HwnasError as exc:
+        raise ExportError(f"measure {device.name}", str(exc)) from None
+    predicted, how = predict_latency(device.name, arch, space, lut_dir)
+    row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
+           "measured_ms": stats["latency_ms"], "spread": stats["spread"],
+           "count": stats["count"], "predicted_ms": predicted, "predictor": how}
+    row["measured/predicted"] = stats["latency_ms"] / predicted if predicted else None
+    return row
+
+
+def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path
+                    ) -> tuple[float | None, str]:
+    """The device's saved predictor's estimate, else its LUT sum, else (None, why)."""
+    from hwnas.errors import LutError
+    from hwnas.lut import LatencyTable, table_paths
+    from hwnas.predictor import PredictorError, default_predictor_path, load_predictor
+
+    path = default_predictor_path(device, lut_dir)
+    if path.exists():
+        try:
+            p = load_predictor(path, space=space)
+            return float(np.asarray(p.predict([arch]))[0]), f"{p.kind} ({path})"
+        except (PredictorError, LutError) as exc:
+            return None, f"predictor unusable: {exc}"
+    op_path, _ = table_paths(device, lut_dir)
+    if op_path.exists():
+        try:
+            return float(LatencyTable.load(op_path, space).predict(arch)), f"lut-sum ({op_path})"
+        except LutError as exc:
+            return None, f"LUT unusable: {exc}"
+    return None, f"no predictor or LUT for {device} in {lut_dir}"
+
+
+__all__ = ["ExportError", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",
+           "export", "read_arch", "verification_inputs"]

@@ -1,0 +1,309 @@
+"""``hwnas quickstart``: the whole chain, small, on this machine's CPU.
+
+profile (ONNX Runtime, small space: every op plus sampled subnets) -> fit and evaluate the
+latency predictor on held-out subnets -> train the supernet briefly on the embedded digits
+-> search under a latency budget (default: the middle of the measured range) -> export the
+winner to ONNX and TFLite, verify both, measure both -> one closing table and a static
+HTML report. Everything goes under one folder; a re-run reuses what is still valid (the
+tables, the checkpoint, the search archive).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.errors import HwnasError, check_settings
+
+
+class QuickstartError(HwnasError, ValueError):
+    """Bad quickstart settings."""
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Sizes of each step; ``scaled(minutes)`` stretches the expensive ones."""
+
+    out: str = "runs/quickstart"
+    budget_ms: float | None = None
+    device: str = "cpu-onnxruntime"
+    tflite_device: str = "cpu-tflite"
+    space: str = "small"
+    subnets: int = 90            # measured end to end; 60 fit the predictor, the rest judge it
+    train_epochs: int = 15
+    train_max_steps: int | None = None
+    evaluations: int = 100       # accuracy evaluations of the search
+    pop_size: int = 16
+    algorithm: str = "nsga2"
+    protocol_runs: int | None = None    # override the device's timed runs (tests)
+    protocol_rounds: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_settings([
+            ("budget_ms", self.budget_ms is None or self.budget_ms > 0, "a positive number"),
+            ("subnets", self.subnets >= 6, ">= 6 (some fit the predictor, some judge it)"),
+            ("train_epochs", self.train_epochs >= 1, ">= 1"),
+            ("evaluations", self.evaluations >= 4, ">= 4"),
+            ("pop_size", self.pop_size >= 4, ">= 4")], QuickstartError, "quickstart setting",
+            self)
+
+    def scaled(self, minutes: float) -> "QuickstartConfig":
+        """Sizes for a time budget of ``minutes`` (10 gives the defaults)."""
+        if not minutes > 0:
+            raise QuickstartError(f"--minutes must be positive, got {minutes}")
+        f = minutes / 10.0
+        return dataclasses.replace(self, train_epochs=max(1, round(self.train_epochs * f)),
+                                   evaluations=max(8, round(self.evaluations * f)),
+                                   subnets=max(12, round(self.subnets * min(f, 2.0))))
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    arch: dict[str, Any]
+    name: str
+    accuracy: float
+    macs: int
+    params: int
+    budget_ms: float
+    latency: list[dict[str, Any]]
+    predictor_metrics: dict[str, float]
+    files: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _device(name: str, cfg: QuickstartConfig):
+    from hwnas.devices import load_device
+
+    dev = load_device(name)
+    changes = {}
+    if cfg.protocol_runs:
+        changes["runs"] = cfg.protocol_runs
+    if cfg.protocol_rounds:
+        changes["rounds"] = cfg.protocol_rounds
+    if changes:
+        dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol, **changes))
+    return dev
+
+
+def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> QuickstartResult:
+    """Run the chain into ``cfg.out``; returns what the closing table shows."""
+    from rich.console import Console
+
+    from hwnas.devices import check_usable
+
+    console = console or Console()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev, tfl = _device(cfg.device, cfg), _device(cfg.tflite_device, cfg)
+    problem = check_usable(dev)
+    if problem:
+        raise QuickstartError(f"the quickstart needs {dev.name}: {problem}")
+    tflite_problem = check_usable(tfl)
+    secs: dict[str, float] = {}
+    files: dict[str, str] = {}
+    (out / "quickstart.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    # 1. profile
+    console.rule(f"1/5 profile {dev.name} ({cfg.space} space)")
+    t = time.perf_counter()
+    from hwnas.profile import profile
+
+    lut = out / "lut"
+    ops_res, sub_res = profile(dev, cfg.space, subnets=cfg.subnets, seed=cfg.seed,
+                               out_dir=lut, cache_dir=lut / ".cache", progress=progress)
+    secs["profile"] = time.perf_counter() - t
+    files.update(lut=str(ops_res.path), subnets=str(sub_res.path))
+    console.print(f"{len(ops_res.table)} ops and {len(sub_res.table)} subnets measured "
+                  f"({ops_res.measured + sub_res.measured} now, the rest reused)")
+
+    # 2. predictor
+    console.rule("2/5 latency predictor")
+    t = time.perf_counter()
+    from hwnas.predictor import fit_for_device
+
+    n_train = max(4, round(len(sub_res.table) * 2 / 3))
+    report = fit_for_device(dev.name, "xgboost", space=cfg.space, n_train=n_train,
+                            seed=cfg.seed, lut_dir=lut)
+    secs["predictor"] = time.perf_counter() - t
+    files.update(predictor=report.files["predictor"], predictor_plot=report.files["plot"])
+    m = report.rows["xgboost"]
+    console.print(f"xgboost on {m['n']} held-out subnets: MAPE {m['mape']:.1%}, within ±10% "
+                  f"{m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.2f}")
+
+    # 3. train
+    console.rule("3/5 supernet training (digits)")
+    t = time.perf_counter()
+    from hwnas.data import load_dataset
+    from hwnas.space import get_space
+    from hwnas.train import TrainConfig, train
+
+    space = get_space(cfg.space)
+    train_set, _ = load_dataset("digits", max(space.resolutions), cfg.seed)
+    tres = train(space, train_set, TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed),
+                 out / "supernet", progress=progress, max_steps=cfg.train_max_steps)
+    secs["train"] = time.perf_counter() - t
+    files["checkpoint"] = str(tres.checkpoint)
+    _plot_training(tres.history, out / "training.png")
+    files["training_plot"] = str(out / "training.png")
+
+    # 4. search
+    console.rule("4/5 search")
+    t = time.perf_counter()
+    from hwnas.search import SearchConfig, search
+
+    budget = cfg.budget_ms or default_budget(sub_res.table)
+    scfg = SearchConfig(space=cfg.space, objectives=("acc", f"latency:{dev.name}"),
+                        budgets_ms=(round(budget, 4),), algorithm=cfg.algorithm,
+                        evaluations=cfg.evaluations, pop_size=cfg.pop_size, seed=cfg.seed,
+                        lut_dir=str(lut), checkpoint=str(tres.checkpoint), calib_batches=2)
+    run_dir = out / "search"
+    sres = search(scfg, run_dir, resume=(run_dir / "config.json").exists(),
+                  progress=progress)
+    secs["search"] = time.perf_counter() - t
+    if not sres.best:
+        raise QuickstartError(f"the search found no arch under {budget:.3f} ms")
+    best = next(iter(sres.best.values()))
+    files.update(search=str(run_dir), front_plot=sres.files["front_png"],
+                 hypervolume_plot=sres.files["hypervolume_png"])
+
+    # 5. export + measure
+    console.rule("5/5 export and measure")
+    t = time.perf_counter()
+    from hwnas.export import export
+
+    formats = ["onnx"] + ([] if tflite_problem and "litert-torch" in tflite_problem
+                          else ["tflite"])
+    devices = [dev] + ([tfl] if not tflite_problem else [])
+    eres = export(run_dir / "best.json", out / "export", formats, space=space,
+                  checkpoint=tres.checkpoint, devices=devices, lut_dir=lut, seed=cfg.seed,
+                  progress=progress)
+    secs["export"] = time.perf_counter() - t
+    files["manifest"] = str(eres.manifest_path)
+    for f in eres.manifest["files"]:
+        files[f["variant"]] = str(out / "export" / f["file"])
+    arch = json.loads(best["arch"])
+    result = QuickstartResult(out, arch, best["name"], float(best["acc"]),
+                              int(eres.manifest["macs"]), int(eres.manifest["params"]), budget,
+                              eres.manifest["latency"], m, files, secs)
+    if tflite_problem:
+        result.latency.append({"device": tfl.name, "file": "-", "measured_ms": None,
+                               "predicted_ms": None, "predictor": tflite_problem})
+    write_report(result, report, sres, eres.manifest, out / "report.html")
+    files["report"] = str(out / "report.html")
+    (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2,
+                                                default=str) + "\n")
+    return result
+
+
+def default_budget(subnets) -> float:
+    """The middle of the measured subnets' latency range."""
+    lat = subnets["latency_ms"].to_numpy(float)
+    return float(lat.min() + 0.5 * (lat.max() - lat.min()))
+
+
+def _plot_training(history, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history], "o-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("largest subnet's loss")
+    ax.set_title("supernet training (sandwich rule, in-place distillation)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- report
+def _img(path: str | Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">' \
+           f'<figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(res: QuickstartResult, predictor_report, search_result, manifest,
+                 path: Path) -> Path:
+    """One static HTML file (images inlined, no scripts, no network)."""
+    lat_rows = [[r["device"], r.get("file"), r.get("predicted_ms"), r.get("measured_ms"),
+                 r.get("measured/predicted"), r.get("predictor")] for r in res.latency]
+    pred_rows = [[k, v["n"], v["mape"], v["within_5pct"], v["within_10pct"], v["kendall_tau"]]
+                 for k, v in predictor_report.rows.items()]
+    checks = [[c["variant"], c["against"], c["max_abs_diff"], c["tolerance"], c["ok"]]
+              for c in manifest["checks"]]
+    filerows = [[f["variant"], f["file"], f["bytes"], f["sha256"]] for f in manifest["files"]]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>hwnas quickstart</title>",
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;font-size:14px}th{background:#f3f3f3}img{max-width:100%}"
+        "figure{margin:1em 0}code{background:#f3f3f3;padding:1px 4px}</style></head><body>",
+        "<h1>hwnas quickstart</h1>",
+        f"<p>Chosen arch <code>{html.escape(res.name)}</code>: top-1 {res.accuracy:.2%} "
+        f"(digits validation split, BN recalibrated), {res.macs / 1e6:.2f} MMACs, "
+        f"{res.params / 1e6:.3f} M params, budget {res.budget_ms:.3f} ms.</p>",
+        "<h2>Latency: predicted vs measured</h2>",
+        _table(["device", "file", "predicted ms", "measured ms", "measured/predicted",
+                "predictor"], lat_rows),
+        "<h2>1. Profile and 2. predictor</h2>",
+        _table(["predictor", "held-out n", "MAPE", "within ±5%", "within ±10%",
+                "Kendall tau"], pred_rows),
+        _img(res.files["predictor_plot"], "predicted vs measured latency, held-out subnets"),
+        "<h2>3. Supernet training</h2>", _img(res.files["training_plot"], "training loss"),
+        "<h2>4. Search</h2>",
+        f"<p>{search_result.evaluations} accuracy evaluations, "
+        f"{len(search_result.front)} archs on the Pareto front.</p>",
+        _img(res.files["front_plot"], "accuracy vs predicted latency, front and budget"),
+        _img(res.files["hypervolume_plot"], "hypervolume over the search"),
+        "<h2>5. Export</h2>",
+        _table(["variant", "checked against", "max abs diff", "tolerance", "ok"], checks),
+        _table(["variant", "file", "bytes", "sha256"], filerows),
+        "<h2>Files</h2>",
+        _table(["what", "where"], [[k, v] for k, v in res.files.items()]),
+        "<h2>Time per step (s)</h2>",
+        _table(list(res.seconds), [[round(v, 1) for v in res.seconds.values()]]),
+        "</body></html>"]
+    path.write_text("\n".join(parts))
+    return path
+
+
+NEXT_STEPS = """\
+Full size, on a real device (see README):
+  hwnas profile --device cuda-tensorrt --space default --subnets 300
+  hwnas predictor fit --device cuda-tensorrt
+  hwnas train --space default --data imagefolder:/data/imagenet --epochs 120
+  hwnas search --device cuda-tensorrt --space default --budget-ms 2,4 \\
+      --checkpoint runs/supernet/last.pt --data imagefolder:/data/imagenet --out runs/gpu
+  hwnas export --arch runs/gpu --format onnx,tensorrt --fp16 --device cuda-tensorrt"""
+
+
+__all__ = ["QuickstartConfig", "QuickstartError", "QuickstartResult", "default_budget", "run",
+           "write_report"]

@@ -1,0 +1,94 @@
+import hashlib
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+needs_litert = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("litert_torch") is None,
+    reason="needs litert-torch (pip install 'hwnas[tflite-convert]')")
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def quick(out, **kw):
+    from hwnas.quickstart import QuickstartConfig
+
+    return QuickstartConfig(out=str(out), subnets=12, train_epochs=1, evaluations=8,
+                            protocol_runs=5, protocol_rounds=2, **kw)
+
+
+@needs_litert
+@pytest.mark.slow
+def test_quickstart_end_to_end_at_reduced_size(tmp_path):
+    from hwnas.predictor import load_predictor
+    from hwnas.quickstart import run
+    from hwnas.space import get_space
+
+    out = tmp_path / "qs"
+    cli = subprocess.run([sys.executable, "-m", "hwnas", "quickstart", "--out", str(out),
+                          "--subnets", "12", "--epochs", "1", "--evaluations", "8",
+                          "--runs", "5", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=900)
+    assert cli.returncode == 0, cli.stderr[-3000:] + cli.stdout[-3000:]
+    assert "the chosen network" in cli.stdout and "report" in cli.stdout
+    assert "hwnas profile --device cuda-tensorrt" in cli.stdout  # the pointer onwards
+    res = json.loads((out / "result.json").read_text())
+    small = get_space("small")
+    # every artefact of the chain is there
+    for rel in ("lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
+                "lut/cpu-onnxruntime.predictor.json", "lut/cpu-onnxruntime.predictor.png",
+                "supernet/last.pt", "training.png", "search/archive.parquet",
+                "search/best.json", "search/front.png", "search/hypervolume.png",
+                "export/model.onnx", "export/model.tflite", "export/manifest.json",
+                "report.html", "result.json"):
+        assert (out / rel).stat().st_size > 0, rel
+    # the winner is the search's best, within the budget by the predictor
+    arch = small.load_arch(out / "search" / "best.json")
+    assert small.arch(res["arch"]) == arch
+    pred = load_predictor(out / "lut" / "cpu-onnxruntime.predictor.json")
+    assert float(pred.predict([arch])[0]) <= res["budget_ms"]
+    subs = pd.read_parquet(out / "lut" / "cpu-onnxruntime.subnets.parquet")
+    assert len(subs) == 12
+    assert subs["latency_ms"].min() <= res["budget_ms"] <= subs["latency_ms"].max()
+    # the manifest: exported what was chosen, hashes match, both formats measured
+    m = json.loads((out / "export" / "manifest.json").read_text())
+    assert m["status"] == "ok" and small.arch(m["arch"]) == arch
+    for f in m["files"]:
+        assert f["sha256"] == sha256(out / "export" / f["file"])
+    rows = {r["device"]: r for r in m["latency"]}
+    assert rows["cpu-onnxruntime"]["file"] == "model.onnx"
+    assert rows["cpu-onnxruntime"]["measured_ms"] > 0
+    assert rows["cpu-onnxruntime"]["predicted_ms"] == pytest.approx(
+        float(pred.predict([arch])[0]))
+    assert rows["cpu-tflite"]["file"] == "model.tflite" and rows["cpu-tflite"]["measured_ms"] > 0
+    assert res["latency"] == m["latency"]
+    # the report is one static file: images inlined, nothing fetched
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # predictor, training, front, HV
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert res["name"] in page
+    # a re-run reuses the tables, the checkpoint and the search
+    before = {p: (out / p).stat().st_mtime_ns for p in (
+        "lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
+        "supernet/last.pt")}
+    again = run(quick(out), progress=False)  # same sizes, through the Python API
+    assert again.arch == res["arch"]
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == before
+
+
+def test_quickstart_bad_settings_are_refused(tmp_path):
+    from hwnas.quickstart import QuickstartConfig, QuickstartError
+
+    with pytest.raises(QuickstartError, match="budget_ms=-1"):
+        QuickstartConfig(budget_ms=-1)
+    with pytest.raises(QuickstartError, match="minutes must be positive"):
+        QuickstartConfig().scaled(0)
+    r = subprocess.run([sys.executable, "-m", "hwnas", "quickstart", "--budget-ms", "-2",
+                        "--out", str(tmp_path / "q")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "budget_ms=-2" in r.stderr and "Traceback" not in r.stderr

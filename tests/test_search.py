@@ -1,0 +1,252 @@
+import json
+import zlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import synthetic_table
+
+from hwnas.ops import count_batch
+from hwnas.predictor import LutSum
+from hwnas.search import (ALGORITHMS, SearchConfig, SearchError, canonical, hypervolume,
+                          non_dominated, parse_objectives, search, weighted_crowding)
+
+FP = {"device": "synthetic", "cpu": "x", "threads": 1, "runtime": "onnxruntime"}
+DEV = "cpu-onnxruntime"
+
+
+@pytest.fixture(scope="module")
+def lut_dir(tmp_path_factory, small):
+    """A LUT and a saved LUT-sum predictor for the small space, as 'hwnas predictor fit'
+    would leave them in lut/."""
+    d = tmp_path_factory.mktemp("lut")
+    table = synthetic_table(d / f"{DEV}.parquet", small, FP)
+    LutSum(table).save(d / f"{DEV}.predictor.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def predictor(lut_dir):
+    from hwnas.predictor import load_predictor
+
+    return load_predictor(lut_dir / f"{DEV}.predictor.json")
+
+
+def toy_accuracy(space):
+    """Accuracy rising with log MACs plus an arch-dependent wiggle (so the best arch under
+    a budget is not simply the one with the most MACs)."""
+    def acc(archs):
+        c = count_batch(archs, space)[:, 0].astype(float)
+        wiggle = np.array([zlib.crc32(a.key.encode()) % 1000 / 1000 for a in archs])
+        return 0.5 + 0.3 * np.log(c) / np.log(4e7) + 0.03 * wiggle
+    return acc
+
+
+def budgets(predictor, small):
+    lo = float(predictor.predict([small.smallest()])[0])
+    hi = float(predictor.predict([small.largest()])[0])
+    return (round(lo + 0.25 * (hi - lo), 3), round(lo + 0.5 * (hi - lo), 3))
+
+
+def run(small, predictor, tmp_path, algorithm, evaluations=40, **kw):
+    cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                       budgets_ms=budgets(predictor, small), algorithm=algorithm,
+                       evaluations=evaluations, pop_size=10, nat_initial=12,
+                       nat_per_iteration=6, nat_generations=4, **kw)
+    return search(cfg, tmp_path / algorithm, accuracy=toy_accuracy(small),
+                  predictors={DEV: predictor}, progress=False)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_returns_valid_archs_within_budget(algorithm, small, predictor,
+                                                          tmp_path):
+    res = run(small, predictor, tmp_path, algorithm)
+    assert res.evaluations == 40
+    b_lo, b_hi = budgets(predictor, small)
+    assert set(res.best) == {b_lo, b_hi}
+    for b, row in res.best.items():
+        arch = small.arch(json.loads(row["arch"]))  # valid, or this raises
+        assert float(predictor.predict([arch])[0]) <= b + 1e-9
+        on_disk = small.load_arch(tmp_path / algorithm / f"best-{b:g}ms.json")
+        assert on_disk == arch
+    # the best under the looser budget is at least as accurate
+    assert res.best[b_hi]["acc"] >= res.best[b_lo]["acc"]
+    # every evaluated arch decodes and the feasible ones meet the largest budget
+    df = pd.read_parquet(tmp_path / algorithm / "archive.parquet")
+    assert len(df) >= 40
+    lat = predictor.predict([small.arch(json.loads(a)) for a in df["arch"]])
+    assert np.all((lat <= b_hi + 1e-9) == df["feasible"].to_numpy())
+    assert df.loc[df["feasible"], "acc"].notna().all()
+    # the front is non-dominated and its points are all in the archive
+    F = np.column_stack([-res.front["acc"], res.front[f"latency:{DEV}"]])
+    for i in range(len(F)):
+        dominated = np.all(F <= F[i], axis=1) & np.any(F < F[i], axis=1)
+        assert not dominated.any()
+    assert set(res.front["key"]) <= set(df["key"])
+    for name in ("front.png", "hypervolume.png", "pareto.csv", "pareto.json", "config.json",
+                 "best.json", "summary.json"):
+        assert (tmp_path / algorithm / name).stat().st_size > 0
+
+
+def test_same_seed_same_search_and_resume_continues(small, predictor, tmp_path):
+    full = run(small, predictor, tmp_path / "full", "nsga2", evaluations=50)
+
+    class Interrupt(Exception):
+        pass
+
+    calls = []
+    acc = toy_accuracy(small)
+
+    def dying(archs):
+        calls.append(len(archs))
+        if sum(calls) > 25:
+            raise Interrupt
+        return acc(archs)
+
+    cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                       budgets_ms=budgets(predictor, small), algorithm="nsga2",
+                       evaluations=50, pop_size=10)
+    out = tmp_path / "cut"
+    import hwnas.search as S
+
+    flush = S.FLUSH_SECONDS
+    S.FLUSH_SECONDS = 0.0  # write the archive after every batch, as a slow search would
+    try:
+        with pytest.raises(Interrupt):
+            search(cfg, out, accuracy=dying, predictors={DEV: predictor}, progress=False)
+    finally:
+        S.FLUSH_SECONDS = flush
+    kept = pd.read_parquet(out / "archive.parquet")
+    assert 0 < kept["acc"].notna().sum() <= 25
+    with pytest.raises(SearchError, match="resume"):
+        search(cfg, out, accuracy=acc, predictors={DEV: predictor}, progress=False)
+    counted = []
+
+    def counting(archs):
+        counted.append(len(archs))
+        return acc(archs)
+
+    res = search(cfg, out, resume=True, accuracy=counting, predictors={DEV: predictor},
+                 progress=False)
+    # measured accuracies are reused, not asked again; the end state is the uninterrupted one
+    assert sum(counted) == 50 - kept["acc"].notna().sum()
+    assert list(res.archive["key"]) == list(full.archive["key"])
+    assert res.best.keys() == full.best.keys()
+    assert all(res.best[b]["key"] == full.best[b]["key"] for b in res.best)
+
+
+def test_bad_input_is_refused_before_work(small, predictor, lut_dir, tmp_path):
+    with pytest.raises(SearchError, match="unknown objective 'speed'"):
+        parse_objectives("acc,speed")
+    with pytest.raises(SearchError, match="needs a device"):
+        parse_objectives("acc,latency")
+    with pytest.raises(SearchError, match="given twice"):
+        parse_objectives("acc,acc")
+    with pytest.raises(SearchError, match="algorithm='ga'"):
+        SearchConfig(algorithm="ga")
+    with pytest.raises(SearchError, match="budget needs a latency objective"):
+        SearchConfig(objectives=("acc", "params"), budgets_ms=(5,))
+    with pytest.raises(SearchError, match="nat searches with an accuracy surrogate"):
+        SearchConfig(objectives=("params", "macs"), algorithm="nat")
+    with pytest.raises(SearchError, match="weights for"):
+        SearchConfig(weights={"speed": 2.0})
+    called = []
+
+    def acc(archs):
+        called.append(1)
+        return np.zeros(len(archs))
+
+    low = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"), budgets_ms=(1e-4,))
+    with pytest.raises(SearchError, match="below the predicted latency of the smallest"):
+        search(low, tmp_path / "a", accuracy=acc, predictors={DEV: predictor}, progress=False)
+    none = SearchConfig(space="small", objectives=("acc", "latency:cpu-torch"),
+                        lut_dir=str(lut_dir))
+    with pytest.raises(SearchError, match="no latency predictor for device 'cpu-torch'"):
+        search(none, tmp_path / "b", accuracy=acc, progress=False)
+    unknown = SearchConfig(space="small", objectives=("acc", "latency:my-phone"),
+                           lut_dir=str(lut_dir))
+    with pytest.raises(SearchError, match="no device named 'my-phone'"):
+        search(unknown, tmp_path / "c", accuracy=acc, progress=False)
+    other = SearchConfig(space="default", objectives=("acc", f"latency:{DEV}"),
+                         lut_dir=str(lut_dir))
+    with pytest.raises(SearchError, match="space"):
+        search(other, tmp_path / "d", accuracy=acc, progress=False)
+    no_acc = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                          lut_dir=str(lut_dir))
+    with pytest.raises(SearchError, match="needs an accuracy source"):
+        search(no_acc, tmp_path / "e", progress=False)
+    assert not called
+    assert not (tmp_path / "a").exists()
+
+
+def test_objectives_without_accuracy_and_three_objectives(small, predictor, tmp_path):
+    cfg = SearchConfig(space="small", objectives=(f"latency:{DEV}", "params", "macs"),
+                       algorithm="nsga3", evaluations=60, pop_size=12)
+    res = search(cfg, tmp_path / "x", predictors={DEV: predictor}, progress=False)
+    F = res.front[[f"latency:{DEV}", "params", "macs"]].to_numpy()
+    assert len(non_dominated(F)) == len(F)
+    counts = count_batch([small.arch(json.loads(a)) for a in res.front["arch"]], small)
+    assert np.array_equal(counts[:, 0], res.front["macs"].to_numpy().astype(np.int64))
+    # with no budget, the best is the first objective's minimum over the archive
+    best = res.best[0.0]
+    assert best[f"latency:{DEV}"] == res.archive[f"latency:{DEV}"].min()
+
+
+def test_canonical_vectors_are_the_encodings_of_their_archs(small, rng):
+    lo, hi = small.bounds
+    X = rng.integers(lo, hi + 1, size=(200, small.n_var))
+    C = canonical(X, small, np.arange(len(small.resolutions)))
+    for x, c in zip(X, C):
+        assert small.decode(x) == small.decode(c)
+        assert np.array_equal(small.encode(small.decode(x)), c)
+    only_40 = canonical(X, small, np.array([small.resolutions.index(40)]))
+    assert {small.decode(c).r for c in only_40} == {40}
+
+
+def test_hypervolume_and_weighted_crowding_on_constructed_points():
+    lo, hi = np.zeros(2), np.ones(2)
+    # one point at the ideal dominates the whole box up to the reference point 1.1
+    assert hypervolume(np.array([[0.0, 0.0]]), lo, hi) == pytest.approx(1.0)
+    two = hypervolume(np.array([[0.0, 1.0], [1.0, 0.0]]), lo, hi)
+    assert two == pytest.approx((1.1 * 0.1 * 2 - 0.1 * 0.1) / 1.21)
+    assert hypervolume(np.zeros((0, 2)), lo, hi) == 0.0
+    F = np.array([[0.0, 4.0], [1.0, 2.0], [2.0, 1.5], [4.0, 0.0]])
+    even = weighted_crowding([1.0, 1.0])(F)
+    assert np.isinf(even[[0, 3]]).all()
+    latency_heavy = weighted_crowding([0.0, 3.0])(F)
+    # interior points: the weight multiplies the normalised gap of its objective
+    assert latency_heavy[1] == pytest.approx(3.0 * (4.0 - 1.5) / 4.0)
+    assert latency_heavy[2] == pytest.approx(3.0 * (2.0 - 0.0) / 4.0)
+
+
+def test_cli_search_with_a_trained_supernet(small, lut_dir, tmp_path):
+    """The real accuracy path: a (briefly trained) supernet, BN recalibrated per subnet."""
+    from hwnas.data import digits
+    from hwnas.train import TrainConfig, train
+
+    train_set, _ = digits(max(small.resolutions))
+    train(small, train_set, TrainConfig(epochs=1, batch_size=32), tmp_path / "sn",
+          progress=False, max_steps=3)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hwnas", "search", "--device", DEV, "--space", "small",
+           "--lut", str(lut_dir), "--checkpoint", str(tmp_path / "sn" / "last.pt"),
+           "--budget-ms", "%g" % budgets_of(lut_dir, small)[1], "--evaluations", "8",
+           "--pop-size", "4", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    df = pd.read_parquet(out / "archive.parquet")
+    accs = df.loc[df["feasible"], "acc"]
+    assert len(accs) >= 8 and accs.between(0, 1).all()
+    assert small.load_arch(out / "best.json")
+    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "r2"), "--algo", "tabu"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "algorithm='tabu'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def budgets_of(lut_dir, small):
+    from hwnas.predictor import load_predictor
+
+    return budgets(load_predictor(lut_dir / f"{DEV}.predictor.json"), small)
