@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-subnets", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="digits", help="digits or digits-hard (the same, "
+                        "distorted and noisy, so that accuracy does not saturate)")
 
 
 def train_standalone(net, train, arch, epochs: int, seed: int, batch_size: int = 64) -> None:
@@ -52,7 +54,7 @@ def run(args) -> Result:
     import torch
     from scipy.stats import kendalltau
 
-    from hwnas.data import digits
+    from hwnas.data import load_dataset
     from hwnas.evaluate import subnet_accuracy, top1
     from hwnas.ops import count_batch
     from hwnas.space import get_space
@@ -61,7 +63,7 @@ def run(args) -> Result:
 
     torch.set_num_threads(args.threads)
     space = get_space("small")
-    tr, va = digits(max(space.resolutions), seed=args.seed)
+    tr, va = load_dataset(args.data, max(space.resolutions), seed=args.seed)
     t0 = time.perf_counter()
     res = train(space, tr, TrainConfig(epochs=args.epochs, seed=args.seed),
                 tempfile.mkdtemp(), resume=False)
@@ -88,7 +90,7 @@ def run(args) -> Result:
     ips = float(np.mean([h["images_per_s"] for h in res.history]))
     return Result(
         rows=rows,
-        summary={"epochs": args.epochs, "standalone_epochs": args.standalone_epochs,
+        summary={"data": args.data, "epochs": args.epochs, "standalone_epochs": args.standalone_epochs,
                  "threads": args.threads, "supernet_train_s": train_s,
                  "standalone_train_s": standalone_s, "train_images_per_s": ips,
                  "largest_top1": float(extremes[0]), "smallest_top1": float(extremes[1]),

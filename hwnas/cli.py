@@ -232,7 +232,7 @@ def _print_report(report) -> None:
 @app.command("train")
 def train_cmd(
     space: str = typer.Option("small", help=SPACE_HELP),
-    data: str = typer.Option("digits", help="digits (embedded), imagefolder:PATH, "
+    data: str = typer.Option("digits", help="digits (embedded), digits-hard, imagefolder:PATH, "
                              "cifar10:PATH or cifar100:PATH"),
     out: Path = typer.Option(Path("runs/supernet"), help="checkpoint folder (last.pt); an "
                              "existing one is resumed"),
@@ -288,7 +288,7 @@ def search_cmd(
     resolutions: str = typer.Option("", help="restrict input resolutions, e.g. 160,192"),
     checkpoint: Optional[Path] = typer.Option(None, help="supernet checkpoint (hwnas train) "
                                               "for the acc objective"),
-    data: str = typer.Option("digits", help="validation data for acc: digits, "
+    data: str = typer.Option("digits", help="validation data for acc: digits, digits-hard, "
                              "imagefolder:PATH, cifar10:PATH, cifar100:PATH"),
     accuracy_table: Optional[Path] = typer.Option(None, help="instead of a checkpoint: "
                                                   "Parquet/CSV of measured accuracies "

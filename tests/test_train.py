@@ -30,6 +30,18 @@ def test_digits_split_is_fixed_and_disjoint():
     assert torch.equal(va.images, va2.images)
 
 
+def test_digits_hard_is_a_fixed_distortion_of_digits():
+    from hwnas.data import digits_hard
+
+    (tr, va), (htr, hva) = digits(32), digits_hard(32)
+    assert torch.equal(tr.labels, htr.labels) and torch.equal(va.labels, hva.labels)
+    assert htr.images.shape == tr.images.shape
+    assert (htr.images - tr.images).abs().mean() > 0.2  # really changed
+    again, _ = load_dataset("digits-hard", 32, seed=0)
+    assert torch.equal(again.images, htr.images)  # the same task every time
+    assert float(htr.images.std()) == pytest.approx(float(tr.images.std()), rel=0.35)
+
+
 def test_bad_dataset_paths_are_clear(tmp_path):
     with pytest.raises(DataError, match="unknown data set 'mnist'"):
         load_dataset("mnist", 32)
