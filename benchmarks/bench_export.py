@@ -52,8 +52,11 @@ def run(args) -> Result:
     from hwnas.export import export
     from hwnas.space import get_space
 
+    import torch
+
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    torch.set_num_threads(1)  # pinned to one core
     space = get_space(args.space)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-export-"))
     archs = space.sample(args.n, seed=args.seed)

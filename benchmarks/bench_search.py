@@ -39,6 +39,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-measure", action="store_true")
+    parser.add_argument("--no-real", action="store_true", help="skip the second part: the "
+                        "small space with a real supernet's accuracy")
+    parser.add_argument("--real-data", default="digits-hard")
+    parser.add_argument("--real-epochs", type=int, default=6)
+    parser.add_argument("--real-evaluations", type=int, default=80)
 
 
 class Landscape:
@@ -73,6 +78,103 @@ class Landscape:
         return out
 
 
+def compare_algorithms(space, device, pred, accuracy, budgets, evaluations, seeds, out,
+                       label):
+    """Every algorithm for every seed at equal accuracy evaluations; hypervolume of each
+    run's first ``evaluations`` accuracy evaluations, normalised over all runs' points."""
+    from hwnas.search import (SearchConfig, archive_objectives, hypervolume, non_dominated,
+                              parse_objectives, scored_rows, search)
+
+    objectives = ("acc", f"latency:{device}")
+    runs = {}
+    for seed in range(seeds):
+        for algo in ALGOS:
+            cfg = SearchConfig(space=space.name, objectives=objectives, budgets_ms=budgets,
+                               algorithm=algo, evaluations=evaluations,
+                               pop_size=min(40, evaluations // 4), seed=seed,
+                               weights={f"latency:{device}": 2.0},
+                               nat_initial=max(8, evaluations // 5),
+                               nat_per_iteration=max(4, evaluations // 15),
+                               nat_generations=30)
+            t = time.perf_counter()
+            res = search(cfg, out / f"{algo}-{seed}", accuracy=accuracy,
+                         predictors={device: pred}, progress=False, plots=(seed == 0))
+            runs[algo, seed] = (res, time.perf_counter() - t)
+    objs = parse_objectives(objectives)
+    allF = np.vstack([archive_objectives(scored_rows(r.archive, True), objs)
+                      for r, _ in runs.values()])
+    lower, upper = allF.min(0), allF.max(0)
+    rows, hv = [], {}
+    for (algo, seed), (res, secs) in runs.items():
+        sc = scored_rows(res.archive, True)
+        sc = sc[sc["count"] <= evaluations]
+        F = archive_objectives(sc, objs)
+        hv[algo, seed] = hypervolume(F, lower, upper)
+        row = {"part": label, "algorithm": algo, "seed": seed,
+               "acc evals": int(res.evaluations), "norm. HV": hv[algo, seed],
+               "front": len(non_dominated(F)), "s": secs}
+        for b in budgets:
+            best = res.best.get(b)
+            row[f"acc ≤b{budgets.index(b) + 1}"] = float(best["acc"]) if best is not None \
+                else float("nan")
+        row["NAT surrogate tau"] = res.nat_log[-1]["cv_kendall_tau"] if res.nat_log else ""
+        rows.append(row)
+    return runs, rows, hv
+
+
+class Memo:
+    """An accuracy function that remembers (runs of several algorithms share it)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.cache = fn, {}
+
+    def __call__(self, archs):
+        todo = [a for a in dict.fromkeys(archs) if a.key not in self.cache]
+        if todo:
+            self.cache.update({a.key: float(v) for a, v in zip(todo, self.fn(todo))})
+        return np.array([self.cache[a.key] for a in archs])
+
+
+def _real_small(args, out: Path, rows: list) -> dict:
+    """The same comparison on the small space with real accuracy: a supernet trained here
+    (BN recalibrated per subnet) and a latency predictor profiled here."""
+    from hwnas.data import load_dataset
+    from hwnas.predictor import default_predictor_path, fit_for_device, load_predictor
+    from hwnas.profile import profile
+    from hwnas.search import SupernetAccuracy
+    from hwnas.space import get_space
+    from hwnas.train import TrainConfig, train
+
+    space = get_space("small")
+    lut = out / "lut"
+    t = time.perf_counter()
+    profile(args.device, space, subnets=60, out_dir=lut, progress=False)
+    fit_for_device(args.device, "xgboost", space="small", n_train=40, lut_dir=lut)
+    pred = load_predictor(default_predictor_path(args.device, lut), space=space)
+    profile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tr, _ = load_dataset(args.real_data, max(space.resolutions))
+    ckpt = train(space, tr, TrainConfig(epochs=args.real_epochs), out / "supernet",
+                 progress=False).checkpoint
+    train_s = time.perf_counter() - t
+    acc = Memo(SupernetAccuracy(ckpt, space, args.real_data, calib_batches=2))
+    lo = float(pred.predict([space.smallest()])[0])
+    hi = float(pred.predict([space.largest()])[0])
+    budgets = tuple(round(lo + f * (hi - lo), 4) for f in (0.35, 0.65))
+    _, part_rows, hv = compare_algorithms(space, args.device, pred, acc, budgets,
+                                          args.real_evaluations, args.seeds, out / "runs",
+                                          f"small/supernet ({args.real_data})")
+    rows.extend(part_rows)
+    return {"data": args.real_data, "epochs": args.real_epochs, "budgets_ms": budgets,
+            "evaluations": args.real_evaluations, "profile_s": profile_s, "train_s": train_s,
+            "distinct_archs_evaluated": len(acc.cache),
+            "mean_normalised_hv": {a: float(np.mean([hv[a, s] for s in range(args.seeds)]))
+                                   for a in ALGOS},
+            "beats_random_every_seed": {a: all(hv[a, s] > hv["random", s]
+                                               for s in range(args.seeds))
+                                        for a in ("nsga2", "moga", "nat")}}
+
+
 def _predictor(args, space):
     from hwnas.predictor import default_predictor_path, fit_for_device, load_predictor
 
@@ -84,13 +186,15 @@ def _predictor(args, space):
 
 def run(args) -> Result:
     from hwnas.ops import encode_batch
-    from hwnas.search import (AccuracySurrogate, Evaluator, SearchConfig, SupernetAccuracy,
-                              hypervolume, non_dominated, parse_objectives, scored_rows,
-                              search, archive_objectives)
+    from hwnas.search import (AccuracySurrogate, Evaluator, SupernetAccuracy,
+                              parse_objectives, scored_rows)
     from hwnas.space import get_space
+
+    import torch
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    torch.set_num_threads(1)  # pinned to one core: more threads would only contend
     space = get_space("default")
     pred = _predictor(args, space)
     lo = float(pred.predict([space.smallest()])[0])
@@ -100,37 +204,11 @@ def run(args) -> Result:
                 else Landscape(space))
     source = "supernet" if args.checkpoint else "landscape (benchmark function)"
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-search-"))
-    objectives = ("acc", f"latency:{args.device}")
-    runs = {}
-    for seed in range(args.seeds):
-        for algo in ALGOS:
-            cfg = SearchConfig(space="default", objectives=objectives, budgets_ms=budgets,
-                               algorithm=algo, evaluations=args.evaluations, pop_size=40,
-                               seed=seed, weights={f"latency:{args.device}": 2.0},
-                               nat_initial=60, nat_per_iteration=20, nat_generations=30)
-            t = time.perf_counter()
-            res = search(cfg, out / f"{algo}-{seed}", accuracy=accuracy,
-                         predictors={args.device: pred}, progress=False,
-                         plots=(seed == 0))
-            runs[algo, seed] = (res, time.perf_counter() - t)
-    # one normalisation for every run: ideal and nadir over everything any run found
-    objs = parse_objectives(objectives)
-    allF = np.vstack([archive_objectives(scored_rows(r.archive, True), objs)
-                      for r, _ in runs.values()])
-    lower, upper = allF.min(0), allF.max(0)
-    rows, hv = [], {}
-    for (algo, seed), (res, secs) in runs.items():
-        sc = scored_rows(res.archive, True)
-        sc = sc[sc["count"] <= args.evaluations]
-        F = archive_objectives(sc, objs)
-        hv[algo, seed] = hypervolume(F, lower, upper)
-        row = {"algorithm": algo, "seed": seed, "acc evals": int(res.evaluations),
-               "norm. HV": hv[algo, seed], "front": len(non_dominated(F)), "s": secs}
-        for b in budgets:
-            best = res.best.get(b)
-            row[f"acc ≤{b:g}ms"] = float(best["acc"]) if best is not None else float("nan")
-        row["NAT surrogate tau"] = res.nat_log[-1]["cv_kendall_tau"] if res.nat_log else ""
-        rows.append(row)
+    objs = parse_objectives(("acc", f"latency:{args.device}"))
+    runs, rows, hv = compare_algorithms(space, args.device, pred, accuracy, budgets,
+                                        args.evaluations, args.seeds, out / "default",
+                                        "default/" + ("supernet" if args.checkpoint
+                                                      else "landscape"))
     beats = {a: all(hv[a, s] > hv["random", s] for s in range(args.seeds))
              for a in ("nsga2", "moga", "nat")}
     # predictor-side cost of candidate evaluations (latency predictor + acc surrogate)
@@ -170,6 +248,7 @@ def run(args) -> Result:
                            "predicted_ms": p, "measured_ms": m, "measured/predicted": m / p,
                            "meets budget (measured)": bool(m <= b)})
     mean_hv = {a: float(np.mean([hv[a, s] for s in range(args.seeds)])) for a in ALGOS}
+    real = {} if args.no_real else _real_small(args, out / "small", rows)
     targets = {"nsga2 beats random on every seed": (float(beats["nsga2"]), 1.0, "ge"),
                "nat beats random on every seed": (float(beats["nat"]), 1.0, "ge"),
                "seconds per 1000 candidate evaluations (batches of 40)":
@@ -185,7 +264,7 @@ def run(args) -> Result:
     return Result(rows=rows, summary={
         "device": args.device, "space": "default", "accuracy": source, "budgets_ms": budgets,
         "mean_normalised_hv": mean_hv, "beats_random_every_seed": beats,
-        "best_per_budget": per_budget,
+        "best_per_budget": per_budget, "small_space_real_accuracy": real,
         "seconds_per_1000_candidates_batch40": speed[40],
         "seconds_per_1000_candidates_batch1000": speed[1000], "out": str(out)},
         targets=targets, notes=notes)

@@ -149,8 +149,10 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
 
     space = get_space(cfg.space)
     train_set, _ = load_dataset("digits", max(space.resolutions), cfg.seed)
+    # one folder per training length: a re-run with other --minutes trains anew
     tres = train(space, train_set, TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed),
-                 out / "supernet", progress=progress, max_steps=cfg.train_max_steps)
+                 out / f"supernet-e{cfg.train_epochs}", progress=progress,
+                 max_steps=cfg.train_max_steps)
     secs["train"] = time.perf_counter() - t
     files["checkpoint"] = str(tres.checkpoint)
     _plot_training(tres.history, out / "training.png")
@@ -167,8 +169,13 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
                         evaluations=cfg.evaluations, pop_size=cfg.pop_size, seed=cfg.seed,
                         lut_dir=str(lut), checkpoint=str(tres.checkpoint), calib_batches=2)
     run_dir = out / "search"
-    sres = search(scfg, run_dir, resume=(run_dir / "config.json").exists(),
-                  progress=progress)
+    saved = run_dir / "config.json"
+    same = saved.exists() and json.loads(saved.read_text()) == scfg.to_dict()
+    if saved.exists() and not same:  # another budget or size: search again
+        import shutil
+
+        shutil.rmtree(run_dir)
+    sres = search(scfg, run_dir, resume=same, progress=progress)
     secs["search"] = time.perf_counter() - t
     if not sres.best:
         raise QuickstartError(f"the search found no arch under {budget:.3f} ms")

@@ -293,16 +293,50 @@ def _has_xgboost() -> bool:
 
 def _fit_member(kind: str, F: np.ndarray, y: np.ndarray, seed: int) -> Any:
     if kind == "rbf":
-        from scipy.interpolate import RBFInterpolator
-
-        if len(y) > F.shape[1] + 1:  # a cubic kernel needs a linear tail, hence enough points
-            return RBFInterpolator(F, y, kernel="cubic", degree=1, smoothing=1e-4)
-        return RBFInterpolator(F, y, kernel="linear", degree=0, smoothing=1e-4)
+        return _Rbf(F, y)
     import xgboost as xgb
 
     params = {"max_depth": 3, "eta": 0.1, "subsample": 0.8, "objective": "reg:squarederror",
               "seed": seed, "nthread": 1, "verbosity": 0}
     return xgb.train(params, xgb.DMatrix(F, label=y), num_boost_round=150)
+
+
+class _Rbf:
+    """A cubic RBF interpolant with a linear tail (NAT's choice) over the genes that vary
+    in the sample; genes held constant (a budget often fixes some) or linearly dependent
+    would make the tail singular, so then a linear kernel with a constant tail is used."""
+
+    def __init__(self, F: np.ndarray, y: np.ndarray) -> None:
+        from numpy.linalg import LinAlgError
+        from scipy.interpolate import RBFInterpolator
+
+        self.cols = _independent_columns(F)
+        X = F[:, self.cols]
+        self.model = None
+        if len(y) > X.shape[1] + 1:
+            try:
+                self.model = RBFInterpolator(X, y, kernel="cubic", degree=1, smoothing=1e-4)
+            except LinAlgError:
+                self.model = None
+        if self.model is None:
+            self.model = RBFInterpolator(X, y, kernel="linear", degree=0, smoothing=1e-4)
+
+    def __call__(self, F: np.ndarray) -> np.ndarray:
+        return self.model(F[:, self.cols])
+
+
+def _independent_columns(F: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Columns of ``F`` that vary and are linearly independent of each other and of the
+    constant (QR with column pivoting on the centred matrix)."""
+    from scipy.linalg import qr
+
+    C = F - F.mean(0)
+    if not np.any(C):
+        return np.zeros(0, dtype=int)
+    _, R, piv = qr(C, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    rank = int(np.sum(diag > tol * max(diag[0], 1e-300)))
+    return np.sort(piv[:rank])
 
 
 def _predict_members(models: list[Any], F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

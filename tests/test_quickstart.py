@@ -42,7 +42,7 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     # every artefact of the chain is there
     for rel in ("lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
                 "lut/cpu-onnxruntime.predictor.json", "lut/cpu-onnxruntime.predictor.png",
-                "supernet/last.pt", "training.png", "search/archive.parquet",
+                "supernet-e1/last.pt", "training.png", "search/archive.parquet",
                 "search/best.json", "search/front.png", "search/hypervolume.png",
                 "export/model.onnx", "export/model.tflite", "export/manifest.json",
                 "report.html", "result.json"):
@@ -75,9 +75,15 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     # a re-run reuses the tables, the checkpoint and the search
     before = {p: (out / p).stat().st_mtime_ns for p in (
         "lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
-        "supernet/last.pt")}
+        "supernet-e1/last.pt")}
     again = run(quick(out), progress=False)  # same sizes, through the Python API
     assert again.arch == res["arch"]
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == before
+    # another budget searches again (the tables and the checkpoint still reused)
+    loose = round(float(subs["latency_ms"].max()), 4)
+    third = run(quick(out, budget_ms=loose), progress=False)
+    assert json.loads((out / "search" / "config.json").read_text())["budgets_ms"] == [loose]
+    assert third.budget_ms == loose
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before
 
 

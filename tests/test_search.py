@@ -250,3 +250,21 @@ def budgets_of(lut_dir, small):
     from hwnas.predictor import load_predictor
 
     return budgets(load_predictor(lut_dir / f"{DEV}.predictor.json"), small)
+
+
+def test_accuracy_surrogate_ranks_and_survives_constant_genes(default):
+    """A budget often fixes genes (here the resolution): the surrogate must still fit."""
+    from scipy.stats import kendalltau
+
+    from hwnas.search import AccuracySurrogate
+
+    archs = [default.arch(r=160, d=a.d, k=a.k, e=a.e) for a in default.sample(120, seed=3)]
+    macs = count_batch(archs, default)[:, 0].astype(float)
+    acc = 0.7 + 0.1 * np.log(macs) / np.log(macs.max())
+    s = AccuracySurrogate(default, "rbf", seed=0).fit(archs[:80], acc[:80])
+    pred, std = s.predict_with_uncertainty(archs[80:])
+    assert kendalltau(pred, acc[80:]).statistic > 0.5
+    assert np.all(std >= 0) and std.mean() > 0
+    auto = AccuracySurrogate(default, "auto", seed=0).fit(archs[:80], acc[:80])
+    assert auto.chosen in ("rbf", "xgboost") and set(auto.cv_tau) == {"rbf", "xgboost"}
+    assert auto.cv_tau[auto.chosen] == max(auto.cv_tau.values())
