@@ -436,6 +436,8 @@ def quickstart_cmd(
                                        "device file's)"),
     rounds: Optional[int] = typer.Option(None, help="timing rounds (default: the device "
                                          "file's)"),
+    tflite_subnets: Optional[int] = typer.Option(None, help="subnets measured with TFLite "
+                                                 "to scale the ONNX Runtime LUT (default 8)"),
 ) -> None:
     """Profile this CPU, fit the predictor, train, search under a budget, export, measure."""
     import dataclasses
@@ -444,7 +446,8 @@ def quickstart_cmd(
 
     cfg = QuickstartConfig(out=str(out), budget_ms=budget_ms, seed=seed).scaled(minutes)
     sizes = {"subnets": subnets, "train_epochs": epochs, "evaluations": evaluations,
-             "protocol_runs": runs, "protocol_rounds": rounds}
+             "protocol_runs": runs, "protocol_rounds": rounds,
+             "tflite_subnets": tflite_subnets}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
     res = run(cfg, console)
     table = Table("", "", title="hwnas quickstart: the chosen network")

@@ -8,8 +8,10 @@ Failure is loud: the stage's :class:`ExportError` propagates (the CLI exits 2), 
 files written so far stay, with ``manifest.json`` saying ``"status": "failed"`` and where.
 
 Tolerances (max abs difference of the logits) are fixed per variant in :data:`TOLERANCE`:
-1e-4 for ONNX fp32, 1e-3 for TFLite fp32; quantised variants are checked against a bound
-relative to the logits' range, since fp16/int8 weights cannot match to 1e-3.
+1e-4 for ONNX fp32 and 1e-3 for TFLite fp32, each plus 1e-5 of the largest |logit| (fp32
+rounding grows with magnitude: a trained net's logits of ~20 differed by 1.1e-4 between
+PyTorch and ONNX Runtime); quantised variants are checked against a bound relative to the
+logits' range, since fp16/int8 weights cannot match to 1e-3.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ FORMATS = ("onnx", "tflite", "tensorrt")
 # None: reported, and only non-finite or mis-shaped outputs fail (dynamic-range int8 on an
 # untrained net can differ by most of the logits' range; judge it by accuracy instead)
 TOLERANCE: dict[str, tuple[float, float] | None] = {
-    "onnx": (1e-4, 0.0), "tflite": (1e-3, 0.0), "tflite-fp16": (0.0, 0.1),
+    "onnx": (1e-4, 1e-5), "tflite": (1e-3, 1e-5), "tflite-fp16": (0.0, 0.1),
     "tflite-int8": None, "tensorrt": (1e-3, 0.01), "tensorrt-fp16": (0.0, 0.1)}
 
 

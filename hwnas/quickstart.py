@@ -1,7 +1,8 @@
 """``hwnas quickstart``: the whole chain, small, on this machine's CPU.
 
 profile (ONNX Runtime, small space: every op plus sampled subnets) -> fit and evaluate the
-latency predictor on held-out subnets -> train the supernet briefly on the embedded digits
+latency predictor on held-out subnets (and scale it to TFLite on a few subnets measured
+there) -> train the supernet briefly on the embedded digits
 -> search under a latency budget (default: the middle of the measured range) -> export the
 winner to ONNX and TFLite, verify both, measure both -> one closing table and a static
 HTML report. Everything goes under one folder; a re-run reuses what is still valid (the
@@ -18,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hwnas.errors import HwnasError, check_settings
 
@@ -41,6 +40,7 @@ class QuickstartConfig:
     train_epochs: int = 15
     train_max_steps: int | None = None
     evaluations: int = 100       # accuracy evaluations of the search
+    tflite_subnets: int = 8      # measured on the TFLite device to scale ORT's LUT to it
     pop_size: int = 16
     algorithm: str = "nsga2"
     protocol_runs: int | None = None    # override the device's timed runs (tests)
@@ -53,6 +53,7 @@ class QuickstartConfig:
             ("subnets", self.subnets >= 6, ">= 6 (some fit the predictor, some judge it)"),
             ("train_epochs", self.train_epochs >= 1, ">= 1"),
             ("evaluations", self.evaluations >= 4, ">= 4"),
+            ("tflite_subnets", self.tflite_subnets >= 2, ">= 2"),
             ("pop_size", self.pop_size >= 4, ">= 4")], QuickstartError, "quickstart setting",
             self)
 
@@ -140,14 +141,21 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     console.print(f"xgboost on {m['n']} held-out subnets: MAPE {m['mape']:.1%}, within ±10% "
                   f"{m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.2f}")
 
+    from hwnas.space import get_space
+
+    space = get_space(cfg.space)
+    if not tflite_problem:
+        t = time.perf_counter()
+        files["tflite_predictor"] = str(_tflite_predictor(cfg, dev, tfl, space, ops_res.path,
+                                                          sub_res.table, lut, progress))
+        secs["predictor"] += time.perf_counter() - t
+
     # 3. train
     console.rule("3/5 supernet training (digits)")
     t = time.perf_counter()
     from hwnas.data import load_dataset
-    from hwnas.space import get_space
     from hwnas.train import TrainConfig, train
 
-    space = get_space(cfg.space)
     train_set, _ = load_dataset("digits", max(space.resolutions), cfg.seed)
     # one folder per training length: a re-run with other --minutes trains anew
     tres = train(space, train_set, TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed),
@@ -210,6 +218,25 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2,
                                                 default=str) + "\n")
     return result
+
+
+def _tflite_predictor(cfg, dev, tfl, space, ort_lut: Path, ort_subnets, lut: Path,
+                     progress: bool) -> Path:
+    """A TFLite latency predictor without a TFLite LUT (one conversion per op would take
+    longer than the whole quickstart): ``dev``'s LUT sum scaled and offset to ``tfl``,
+    fitted on a few subnets measured there (the smallest and largest among them)."""
+    from hwnas.lut import LatencyTable
+    from hwnas.predictor import LutLinear, default_predictor_path
+    from hwnas.profile import measure_subnets
+
+    archs = [space.arch(json.loads(a)) for a in ort_subnets["arch"]][:cfg.tflite_subnets]
+    measured = measure_subnets(tfl, archs, space, lut, cache_dir=lut / ".cache",
+                               progress=progress)
+    pred = LutLinear(LatencyTable.load(ort_lut, space)).fit(
+        archs, measured["latency_ms"].to_numpy(float))
+    pred.extra = {"device": tfl.name, "how": f"{dev.name}'s LUT sum, scaled to {tfl.name} "
+                                            f"on {len(archs)} subnets measured there"}
+    return pred.save(default_predictor_path(tfl.name, lut))
 
 
 def default_budget(subnets) -> float:

@@ -19,7 +19,7 @@ def quick(out, **kw):
     from hwnas.quickstart import QuickstartConfig
 
     return QuickstartConfig(out=str(out), subnets=12, train_epochs=1, evaluations=8,
-                            protocol_runs=5, protocol_rounds=2, **kw)
+                            protocol_runs=5, protocol_rounds=2, tflite_subnets=3, **kw)
 
 
 @needs_litert
@@ -32,7 +32,7 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     out = tmp_path / "qs"
     cli = subprocess.run([sys.executable, "-m", "hwnas", "quickstart", "--out", str(out),
                           "--subnets", "12", "--epochs", "1", "--evaluations", "8",
-                          "--runs", "5", "--rounds", "2"],
+                          "--runs", "5", "--rounds", "2", "--tflite-subnets", "3"],
                          capture_output=True, text=True, timeout=900)
     assert cli.returncode == 0, cli.stderr[-3000:] + cli.stdout[-3000:]
     assert "the chosen network" in cli.stdout and "report" in cli.stdout
@@ -66,6 +66,11 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert rows["cpu-onnxruntime"]["predicted_ms"] == pytest.approx(
         float(pred.predict([arch])[0]))
     assert rows["cpu-tflite"]["file"] == "model.tflite" and rows["cpu-tflite"]["measured_ms"] > 0
+    # TFLite's prediction: the ORT LUT sum scaled on 3 subnets measured with TFLite
+    tfl = load_predictor(out / "lut" / "cpu-tflite.predictor.json")
+    assert tfl.kind == "lut-linear" and len(
+        pd.read_parquet(out / "lut" / "cpu-tflite.subnets.parquet")) == 3
+    assert rows["cpu-tflite"]["predicted_ms"] == pytest.approx(float(tfl.predict([arch])[0]))
     assert res["latency"] == m["latency"]
     # the report is one static file: images inlined, nothing fetched
     page = (out / "report.html").read_text()
