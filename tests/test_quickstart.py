@@ -71,6 +71,7 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert tfl.kind == "lut-linear" and len(
         pd.read_parquet(out / "lut" / "cpu-tflite.subnets.parquet")) == 3
     assert rows["cpu-tflite"]["predicted_ms"] == pytest.approx(float(tfl.predict([arch])[0]))
+    assert rows["cpu-tflite"]["predicted_ms"] > 0 and tfl.coef[1] == 0.0
     assert res["latency"] == m["latency"]
     # the report is one static file: images inlined, nothing fetched
     page = (out / "report.html").read_text()
