@@ -461,8 +461,8 @@ def _measure(device, arch: Arch, space: SearchSpace, module, files, shape, out, 
     from hwnas.profile import pinned, time_runner
 
     fmt = _device_format(device)
-    variant = fmt if fmt != "tflite" or device.precision != "fp16" or \
-        "tflite-fp16" not in files else "tflite-fp16"
+    fp16 = fmt == "tflite" and device.precision == "fp16" and "tflite-fp16" in files
+    variant = "tflite-fp16" if fp16 else fmt
     backend = get_backend(device, out / ".cache" / device.name)
     try:
         with pinned(device.cpu_affinity):

@@ -268,16 +268,21 @@ class LutSum(Predictor):
 
 
 class LutLinear(Predictor):
-    """``scale * LUT sum + offset``, fitted by least squares."""
+    """``scale * LUT sum + offset``, fitted by least squares; with ``offset=False`` the
+    scale alone, as the median ratio (robust for a few noisy points, never negative)."""
 
     kind = "lut-linear"
 
-    def __init__(self, table: LatencyTable) -> None:
+    def __init__(self, table: LatencyTable, offset: bool = True) -> None:
         super().__init__(table)
+        self.offset = offset
         self.coef = (1.0, 0.0)
 
     def _fit(self, X, y) -> None:
         s = self.table.predict(X)
+        if not self.offset:
+            self.coef = (float(np.median(y / s)), 0.0)
+            return
         A = np.column_stack([s, np.ones_like(s)])
         self.coef = tuple(float(v) for v in np.linalg.lstsq(A, y, rcond=None)[0])
 

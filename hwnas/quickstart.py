@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hwnas.errors import HwnasError, check_settings
 
 
@@ -234,11 +232,9 @@ def _tflite_predictor(cfg, dev, tfl, space, ort_lut: Path, ort_subnets, lut: Pat
     archs = [space.arch(json.loads(a)) for a in ort_subnets["arch"]][:cfg.tflite_subnets]
     measured = measure_subnets(tfl, archs, space, lut, cache_dir=lut / ".cache",
                                progress=progress)
-    y = measured["latency_ms"].to_numpy(float)
-    pred = LutLinear(LatencyTable.load(ort_lut, space)).fit(archs, y)
-    # a scale alone (the median ratio): a fitted offset from a few noisy points can
-    # drive small archs' predictions below zero
-    pred.coef = (float(np.median(y / pred.table.predict(archs))), 0.0)
+    # a scale alone: an offset fitted on a few noisy points drove small archs below zero
+    pred = LutLinear(LatencyTable.load(ort_lut, space), offset=False).fit(
+        archs, measured["latency_ms"].to_numpy(float))
     pred.extra = {"device": tfl.name, "how": f"{dev.name}'s LUT sum times the median ratio "
                                             f"of {len(archs)} subnets measured on {tfl.name}"}
     return pred.save(default_predictor_path(tfl.name, lut))

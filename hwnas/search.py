@@ -461,13 +461,15 @@ class Evaluator:
             return None
         return (cheap[f"latency:{self.budget_device}"] - self.budget_ms)[:, None]
 
-    def __call__(self, X: np.ndarray, limit: int | None = None
+    def __call__(self, X: np.ndarray, limit: int | None = None,
+                 cheap: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         """Evaluate a batch; with ``limit`` stop asking for accuracy once ``count``
-        reaches it (the rest get accuracy 0 and are not archived)."""
+        reaches it (the rest get accuracy 0 and are not archived). ``cheap``: this batch's
+        :meth:`cheap` values when the caller has them already."""
         X = np.asarray(X, dtype=np.int64)
         archs = [self.space.decode(x) for x in X]
-        cheap = self.cheap(X)
+        cheap = self.cheap(X) if cheap is None else cheap
         ok = self.feasible(cheap, len(X))
         acc = np.zeros(len(X))
         keep = np.ones(len(X), dtype=bool)
@@ -706,9 +708,9 @@ def _run_random(evaluator: Evaluator, r_genes: np.ndarray, budget: int, seed: in
         before = evaluator.count
         X = canonical(rng.integers(lo, hi + 1, size=(batch, space.n_var)), space, r_genes)
         cheap = evaluator.cheap(X)
-        X = X[evaluator.feasible(cheap, len(X))]  # rejection costs no accuracy evaluation
-        if len(X):
-            evaluator(X, budget)
+        ok = evaluator.feasible(cheap, len(X))  # rejection costs no accuracy evaluation
+        if ok.any():
+            evaluator(X[ok], budget, {k: v[ok] for k, v in cheap.items()})
         evaluator.generation += 1
         stall = stall + 1 if evaluator.count == before else 0
         on_generation()
@@ -987,9 +989,7 @@ def search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: bool = 
     if resume:
         if not config_path.exists():
             raise SearchError(f"cannot resume {out}: it has no config.json (not a search run)")
-        saved = SearchConfig.from_dict(read_json(config_path, SearchError, "search config"))
-        if saved.to_dict() != cfg.to_dict():
-            cfg = saved
+        cfg = SearchConfig.from_dict(read_json(config_path, SearchError, "search config"))
     elif archive_path.exists():
         raise SearchError(f"{out} already holds a search; resume it with --resume {out} or "
                           f"choose another --out")
