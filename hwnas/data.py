@@ -67,6 +67,13 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
                          antialias=x.shape[-1] > resolution)
 
 
+def model_input(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """A batch as the nets take it: resized, in channels-last layout. On CPU, oneDNN's
+    depthwise convolutions train about 2.5x faster on it than on NCHW (sandwich steps of
+    the small space, 2 threads: 195 vs 78 img/s), and it is the layout GPUs prefer."""
+    return resize(x, resolution).contiguous(memory_format=torch.channels_last)
+
+
 def digits(resolution: int = 48, val_fraction: float = 0.2, seed: int = 0
            ) -> tuple[Dataset, Dataset]:
     """scikit-learn's digits, 3-channel, resized to ``resolution``, fixed stratified split."""
@@ -92,15 +99,23 @@ def digits(resolution: int = 48, val_fraction: float = 0.2, seed: int = 0
 
 
 def digits_hard(resolution: int = 48, val_fraction: float = 0.2, seed: int = 0,
-                strength: float = 1.0) -> tuple[Dataset, Dataset]:
+                strength: float = 1.0, train_copies: int = 1, val_copies: int = 1
+                ) -> tuple[Dataset, Dataset]:
     """Digits made hard enough that capacity shows in accuracy (plain digits saturates
     near 99% for every subnet): each image gets a fixed random rotation (±25°), scale
     (0.75-1.1), shift (±12%) and pixel noise (sigma 0.35 of the signal's range), drawn once
-    from a generator seeded independently of ``seed`` so the task itself never changes."""
+    from a generator seeded independently of ``seed`` so the task itself never changes.
+    With ``*_copies`` > 1 each image appears that often, each copy distorted differently:
+    more training data, and a validation set whose accuracy moves in finer steps."""
+    if train_copies < 1 or val_copies < 1:
+        raise DataError(f"copies must be >= 1, got train_copies={train_copies}, "
+                        f"val_copies={val_copies}")
     tr, va = digits(resolution, val_fraction, seed)
     g = torch.Generator().manual_seed(20261122)
     out = []
-    for ds in (tr, va):
+    for ds, copies in ((tr, train_copies), (va, val_copies)):
+        ds = Dataset(ds.images.repeat(copies, 1, 1, 1), ds.labels.repeat(copies),
+                     ds.num_classes, ds.name)
         n = len(ds)
         angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(25) * strength
         scale = 1.0 / (0.75 + torch.rand(n, generator=g) * 0.35)

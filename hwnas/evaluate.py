@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.data import Dataset, resize
+from hwnas.data import Dataset, model_input
 from hwnas.space import Arch
 from hwnas.supernet import Supernet
 
@@ -41,7 +41,7 @@ def top1(net: nn.Module, data: Dataset, resolution: int, batch_size: int = 256) 
     net.eval()
     correct = 0
     for x, y in data.batches(batch_size, shuffle=False):
-        correct += int((net(resize(x, resolution)).argmax(1) == y).sum())
+        correct += int((net(model_input(x, resolution)).argmax(1) == y).sum())
     return correct / len(data)
 
 
@@ -64,6 +64,6 @@ def subnet_accuracy(supernet: Supernet, archs: Sequence[Arch], train: Dataset, v
     accs = []
     for arch in archs:
         net = supernet.subnet(arch)
-        recalibrate_bn(net, [resize(x, arch.r) for x in base])
+        recalibrate_bn(net, [model_input(x, arch.r) for x in base])
         accs.append(top1(net, val, arch.r))
     return np.array(accs)

@@ -223,8 +223,8 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
 def _tflite_predictor(cfg, dev, tfl, space, ort_lut: Path, ort_subnets, lut: Path,
                      progress: bool) -> Path:
     """A TFLite latency predictor without a TFLite LUT (one conversion per op would take
-    longer than the whole quickstart): ``dev``'s LUT sum scaled and offset to ``tfl``,
-    fitted on a few subnets measured there (the smallest and largest among them)."""
+    longer than the whole quickstart): ``dev``'s LUT sum scaled to ``tfl`` by the median
+    ratio of a few subnets measured there (the smallest and largest among them)."""
     from hwnas.lut import LatencyTable
     from hwnas.predictor import LutLinear, default_predictor_path
     from hwnas.profile import measure_subnets

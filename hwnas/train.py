@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hwnas.data import Dataset, resize
+from hwnas.data import Dataset, model_input
 from hwnas.errors import HwnasError, check_settings
 from hwnas.space import Arch, SearchSpace, get_space
 from hwnas.supernet import Supernet
@@ -228,7 +228,7 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                 for i, arch in enumerate(sandwich_archs(space, cfg.n_random, rng,
                                                         phase_of(epoch, cfg))):
                     net.set_active(arch)
-                    logits = net(resize(x, arch.r))
+                    logits = net(model_input(x, arch.r))
                     if i == 0 or not cfg.distill:
                         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                         if i == 0:
@@ -275,7 +275,7 @@ def adapt_supernet(net: Supernet, archs: Sequence[Arch], data: Dataset, steps: i
         for x, y in data.batches(batch_size, True, g):
             arch = archs[int(rng.integers(len(archs)))]
             net.set_active(arch)
-            loss = F.cross_entropy(net(resize(x, arch.r)), y)
+            loss = F.cross_entropy(net(model_input(x, arch.r)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -42,6 +42,30 @@ def test_digits_hard_is_a_fixed_distortion_of_digits():
     assert float(htr.images.std()) == pytest.approx(float(tr.images.std()), rel=0.35)
 
 
+def test_digits_hard_copies_are_distorted_differently():
+    from hwnas.data import digits_hard
+
+    tr, va = digits_hard(32)
+    tr2, va3 = digits_hard(32, train_copies=2, val_copies=3)
+    assert len(tr2) == 2 * len(tr) and len(va3) == 3 * len(va)
+    assert torch.equal(va3.labels, va.labels.repeat(3))
+    n = len(va)
+    assert (va3.images[:n] - va3.images[n:2 * n]).abs().mean() > 0.2  # not the same copy
+    with pytest.raises(DataError, match="copies must be >= 1"):
+        digits_hard(32, val_copies=0)
+
+
+def test_model_input_is_the_resized_batch_in_channels_last_layout():
+    from hwnas.data import model_input, resize
+
+    tr, _ = digits(48)
+    x = tr.images[:4]
+    y = model_input(x, 32)
+    assert y.shape == (4, 3, 32, 32)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert torch.equal(y, resize(x, 32))  # same values, other layout
+
+
 def test_bad_dataset_paths_are_clear(tmp_path):
     with pytest.raises(DataError, match="unknown data set 'mnist'"):
         load_dataset("mnist", 32)
