@@ -10,7 +10,8 @@ each validation image (2,876 / 2,872 images). On plain digits every subnet score
 1-2 validation images apart, so no ranking can be measured; with one copy of 359
 validation images one image is 0.28% and the ranking is noise (tau 0.05 in a 20-epoch
 run). Stand-alone runs share one seed (the same batch order for every subnet), so their
-differences come from the architectures rather than from the draw.
+differences come from the architectures rather than from the draw; one seed still leaves
+them noisy, and `--standalone-seeds 3` averages three (about 18 minutes here).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--standalone-epochs", type=int, default=10)
     parser.add_argument("--n-subnets", type=int, default=10)
+    parser.add_argument("--standalone-seeds", type=int, default=1,
+                        help="stand-alone runs per subnet, averaged (each ~30 s here)")
     parser.add_argument("--calib-batches", type=int, default=8,
                         help="training batches (of 128) to recalibrate BN per subnet")
     parser.add_argument("--threads", type=int, default=2)
@@ -96,11 +99,14 @@ def run(args) -> Result:
     super_acc = subnet_accuracy(net, picks, tr, va, calib_batches=args.calib_batches,
                                 seed=args.seed)
     t1 = time.perf_counter()
-    alone = []
-    for i, arch in enumerate(picks):
-        sub = Supernet(space).subnet(arch)
-        train_standalone(sub, tr, arch, args.standalone_epochs, args.seed)
-        alone.append(top1(sub.eval(), va, arch.r))
+    alone = []  # mean over stand-alone seeds; seed j is shared by every subnet
+    for arch in picks:
+        accs = []
+        for j in range(args.standalone_seeds):
+            sub = Supernet(space).subnet(arch)
+            train_standalone(sub, tr, arch, args.standalone_epochs, args.seed + j)
+            accs.append(top1(sub.eval(), va, arch.r))
+        alone.append(float(np.mean(accs)))
     standalone_s = time.perf_counter() - t1
     tau = float(kendalltau(super_acc, alone).statistic)
     rows = [{"subnet": space.arch_name(a)[:40], "MACs (M)": float(m) / 1e6,
@@ -111,6 +117,7 @@ def run(args) -> Result:
         rows=rows,
         summary={"data": args.data, "train_images": len(tr), "val_images": len(va),
                  "epochs": args.epochs, "standalone_epochs": args.standalone_epochs,
+                 "standalone_seeds": args.standalone_seeds,
                  "threads": args.threads, "supernet_train_s": train_s,
                  "standalone_train_s": standalone_s, "train_images_per_s": ips,
                  "largest_top1": float(extremes[0]), "smallest_top1": float(extremes[1]),
