@@ -72,9 +72,8 @@ def run(args) -> Result:
 
     from hwnas.data import digits_hard, load_dataset
     from hwnas.evaluate import subnet_accuracy, top1
-    from hwnas.ops import count_batch
+    from hwnas.ops import build_network, count_batch, ops
     from hwnas.space import get_space
-    from hwnas.supernet import Supernet
     from hwnas.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
@@ -103,7 +102,7 @@ def run(args) -> Result:
     for arch in picks:
         accs = []
         for j in range(args.standalone_seeds):
-            sub = Supernet(space).subnet(arch)
+            sub = build_network(ops(arch, space))  # train_standalone initialises it
             train_standalone(sub, tr, arch, args.standalone_epochs, args.seed + j)
             accs.append(top1(sub.eval(), va, arch.r))
         alone.append(float(np.mean(accs)))
