@@ -2,8 +2,9 @@
 
 Reports top-1 of the largest and smallest subnets (BN recalibrated) and the ranking
 benchmark: Kendall tau between the supernet's accuracy of >= 10 subnets spanning the MAC
-range and the accuracy of the same subnets trained stand-alone from scratch, plus
-training throughput. Everything is measured in this run.
+range (log-spaced from the smallest arch's MACs to the largest's, see
+:func:`spanning_subnets`) and the accuracy of the same subnets trained stand-alone from
+scratch, plus training throughput. Everything is measured in this run.
 
 The default data is digits-hard with 2 distorted copies of each training image and 8 of
 each validation image (2,876 / 2,872 images). On plain digits every subnet scores 98-99%,
@@ -11,11 +12,14 @@ each validation image (2,876 / 2,872 images). On plain digits every subnet score
 validation images one image is 0.28% and the ranking is noise (tau 0.05 in a 20-epoch
 run). Stand-alone runs share one seed (the same batch order for every subnet), so their
 differences come from the architectures rather than from the draw; one seed still leaves
-them noisy, and `--standalone-seeds 3` averages three (about 18 minutes here).
+them noisy, and `--standalone-seeds 3` averages three. The stand-alone runs go to
+`--workers` processes with the threads split among them (1.5x faster here than one
+process on both threads: these nets are too small to use two threads well).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 
@@ -26,6 +30,11 @@ from benchmarks.harness import Result
 
 def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--n-random", type=int, default=2,
+                        help="random subnets per supernet step besides largest and smallest")
+    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                        help="in-place distillation from the largest subnet")
+    parser.add_argument("--lr", type=float, default=0.05, help="supernet learning rate")
     parser.add_argument("--standalone-epochs", type=int, default=10)
     parser.add_argument("--n-subnets", type=int, default=10)
     parser.add_argument("--standalone-seeds", type=int, default=1,
@@ -33,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-batches", type=int, default=8,
                         help="training batches (of 128) to recalibrate BN per subnet")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes for the stand-alone runs (threads are split among "
+                        "them: small nets train faster side by side than on 2 threads each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default="digits-hard", help="digits or digits-hard (the same, "
                         "distorted and noisy, so that accuracy does not saturate)")
@@ -66,46 +78,110 @@ def train_standalone(net, train, arch, epochs: int, seed: int, batch_size: int =
             sched.step()
 
 
+def spanning_subnets(space, n: int, seed: int) -> list:
+    """``n`` archs whose MACs are log-spaced from the smallest arch's to the largest's.
+
+    Uniform sampling crowds the middle of the MAC range (its 400-sample quantiles cover
+    1.1-6.9 M of the small space's 0.79-10 M), where the subnets are nearly alike. A
+    ladder of samplers skewed from all-smallest to all-largest choices (each gene drawn
+    Binomial(choices - 1, p), p from 0 to 1) fills the whole range; the pick for each
+    target is the nearest unused arch."""
+    from hwnas.ops import count_batch
+
+    rng = np.random.default_rng(seed)
+    hi = space.bounds[1]
+    pool = {a.key: a for a in (space.smallest(), space.largest())}
+    for p in np.linspace(0, 1, 41)[1:-1]:
+        for _ in range(25):
+            a = space.decode(rng.binomial(hi, p))
+            pool.setdefault(a.key, a)
+    archs = list(pool.values())
+    macs = count_batch(archs, space)[:, 0].astype(float)
+    picks, used = [], set()
+    for target in np.geomspace(macs.min(), macs.max(), n):
+        for i in np.argsort(np.abs(np.log(macs / target))):
+            if i not in used:
+                used.add(i)
+                picks.append(archs[i])
+                break
+    return sorted(picks, key=lambda a: macs[archs.index(a)])
+
+
+_DATA: dict = {}
+
+
+def datasets(data: str, resolution: int, seed: int, train_copies: int, val_copies: int):
+    """The benchmark's train and validation sets (built once per process)."""
+    from hwnas.data import digits_hard, load_dataset
+
+    key = (data, resolution, seed, train_copies, val_copies)
+    if key not in _DATA:
+        _DATA[key] = (digits_hard(resolution, seed=seed, train_copies=train_copies,
+                                  val_copies=val_copies) if data == "digits-hard"
+                      else load_dataset(data, resolution, seed=seed))
+    return _DATA[key]
+
+
+def standalone_top1(job: tuple) -> float:
+    """One stand-alone run, in a worker process: a fresh net trained from scratch, top-1."""
+    import torch
+
+    from hwnas.evaluate import top1
+    from hwnas.ops import build_network, ops
+    from hwnas.space import SearchSpace
+
+    space_dict, arch_dict, data_key, epochs, seed, threads = job
+    torch.set_num_threads(threads)
+    space = SearchSpace.from_dict(space_dict)
+    arch = space.arch(arch_dict)
+    tr, va = datasets(*data_key)
+    net = build_network(ops(arch, space))
+    train_standalone(net, tr, arch, epochs, seed)
+    return top1(net.eval(), va, arch.r)
+
+
 def run(args) -> Result:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import torch
     from scipy.stats import kendalltau
 
-    from hwnas.data import digits_hard, load_dataset
-    from hwnas.evaluate import subnet_accuracy, top1
-    from hwnas.ops import build_network, count_batch, ops
+    from hwnas.evaluate import subnet_accuracy
+    from hwnas.ops import count_batch
     from hwnas.space import get_space
     from hwnas.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     space = get_space("small")
-    if args.data == "digits-hard":
-        tr, va = digits_hard(max(space.resolutions), seed=args.seed,
-                             train_copies=args.train_copies, val_copies=args.val_copies)
-    else:
-        tr, va = load_dataset(args.data, max(space.resolutions), seed=args.seed)
+    data_key = (args.data, max(space.resolutions), args.seed, args.train_copies,
+                args.val_copies)
+    tr, va = datasets(*data_key)
     t0 = time.perf_counter()
-    res = train(space, tr, TrainConfig(epochs=args.epochs, seed=args.seed),
-                tempfile.mkdtemp(), resume=False)
+    cfg = TrainConfig(epochs=args.epochs, n_random=args.n_random, distill=args.distill,
+                      lr=args.lr, seed=args.seed)
+    res = train(space, tr, cfg, tempfile.mkdtemp(), resume=False)
     train_s = time.perf_counter() - t0
     net = res.net.cpu().eval()
     extremes = subnet_accuracy(net, [space.largest(), space.smallest()], tr, va,
                                calib_batches=args.calib_batches, seed=args.seed)
-    # subnets spanning the MAC range: quantiles of a sample sorted by MACs
-    pool = space.sample(400, seed=args.seed + 1)
-    macs = count_batch(pool, space)[:, 0]
-    order = np.argsort(macs)
-    picks = [pool[order[int(q)]] for q in np.linspace(0, len(pool) - 1, args.n_subnets)]
+    picks = spanning_subnets(space, args.n_subnets, args.seed + 1)
     super_acc = subnet_accuracy(net, picks, tr, va, calib_batches=args.calib_batches,
                                 seed=args.seed)
     t1 = time.perf_counter()
-    alone = []  # mean over stand-alone seeds; seed j is shared by every subnet
-    for arch in picks:
-        accs = []
-        for j in range(args.standalone_seeds):
-            sub = build_network(ops(arch, space))  # train_standalone initialises it
-            train_standalone(sub, tr, arch, args.standalone_epochs, args.seed + j)
-            accs.append(top1(sub.eval(), va, arch.r))
-        alone.append(float(np.mean(accs)))
+    # seed j is shared by every subnet; the mean over seeds is each subnet's accuracy.
+    # Largest first, so that the workers finish together.
+    workers = max(1, min(args.workers, args.threads))
+    jobs = [(space.to_dict(), arch.to_dict(), data_key, args.standalone_epochs,
+             args.seed + j, max(1, args.threads // workers))
+            for arch in reversed(picks) for j in range(args.standalone_seeds)]
+    if workers == 1:
+        accs = [standalone_top1(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) \
+                as pool:
+            accs = list(pool.map(standalone_top1, jobs))
+    alone = np.asarray(accs).reshape(len(picks), args.standalone_seeds).mean(1)[::-1]
     standalone_s = time.perf_counter() - t1
     tau = float(kendalltau(super_acc, alone).statistic)
     rows = [{"subnet": space.arch_name(a)[:40], "MACs (M)": float(m) / 1e6,
@@ -115,9 +191,12 @@ def run(args) -> Result:
     return Result(
         rows=rows,
         summary={"data": args.data, "train_images": len(tr), "val_images": len(va),
-                 "epochs": args.epochs, "standalone_epochs": args.standalone_epochs,
+                 "epochs": args.epochs, "n_random": args.n_random,
+                 "distill": args.distill, "lr": args.lr,
+                 "standalone_epochs": args.standalone_epochs,
                  "standalone_seeds": args.standalone_seeds,
-                 "threads": args.threads, "supernet_train_s": train_s,
+                 "threads": args.threads, "standalone_workers": workers,
+                 "supernet_train_s": train_s,
                  "standalone_train_s": standalone_s, "train_images_per_s": ips,
                  "largest_top1": float(extremes[0]), "smallest_top1": float(extremes[1]),
                  "kendall_tau": tau, "total_s": time.perf_counter() - t0},
