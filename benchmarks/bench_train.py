@@ -14,12 +14,14 @@ run). Stand-alone runs share one seed (the same batch order for every subnet), s
 differences come from the architectures rather than from the draw; one seed still leaves
 them noisy, and `--standalone-seeds 3` averages three. The stand-alone runs go to
 `--workers` processes with the threads split among them (1.5x faster here than one
-process on both threads: these nets are too small to use two threads well).
+process on both threads: these nets are too small to use two threads well). A run's
+accuracy depends on its thread count (float summation order), not on which worker ran it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 
@@ -97,29 +99,22 @@ def spanning_subnets(space, n: int, seed: int) -> list:
             pool.setdefault(a.key, a)
     archs = list(pool.values())
     macs = count_batch(archs, space)[:, 0].astype(float)
-    picks, used = [], set()
+    chosen: list[int] = []
     for target in np.geomspace(macs.min(), macs.max(), n):
-        for i in np.argsort(np.abs(np.log(macs / target))):
-            if i not in used:
-                used.add(i)
-                picks.append(archs[i])
-                break
-    return sorted(picks, key=lambda a: macs[archs.index(a)])
+        nearest = np.argsort(np.abs(np.log(macs / target)))
+        chosen.append(next(int(i) for i in nearest if i not in chosen))
+    return [archs[i] for i in sorted(chosen, key=lambda i: macs[i])]
 
 
-_DATA: dict = {}
-
-
+@functools.lru_cache(maxsize=1)
 def datasets(data: str, resolution: int, seed: int, train_copies: int, val_copies: int):
     """The benchmark's train and validation sets (built once per process)."""
     from hwnas.data import digits_hard, load_dataset
 
-    key = (data, resolution, seed, train_copies, val_copies)
-    if key not in _DATA:
-        _DATA[key] = (digits_hard(resolution, seed=seed, train_copies=train_copies,
-                                  val_copies=val_copies) if data == "digits-hard"
-                      else load_dataset(data, resolution, seed=seed))
-    return _DATA[key]
+    if data == "digits-hard":
+        return digits_hard(resolution, seed=seed, train_copies=train_copies,
+                           val_copies=val_copies)
+    return load_dataset(data, resolution, seed=seed)
 
 
 def standalone_top1(job: tuple) -> float:
