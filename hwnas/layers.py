@@ -8,7 +8,22 @@ code is what makes exported graphs clean and op timings honest.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def reachable_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """The part of a same-padded kernel that can touch a map of side ``size``.
+
+    Taps more than ``size - 1`` from the centre only ever multiply the zero padding, so the
+    centre ``2*size - 1`` square (same padding for it) gives the same output and the same
+    gradients. On CPU the depthwise backward of a 7x7 kernel on a 2x2 map is about 3x
+    slower than that of its 3x3 centre; the last stages of small inputs are such maps."""
+    k, reach = weight.shape[-1], 2 * size - 1
+    if k <= reach:
+        return weight
+    start = (k - reach) // 2
+    return weight[:, :, start:start + reach, start:start + reach]
 
 
 def activation(name: str) -> nn.Module:
@@ -32,7 +47,14 @@ class ConvBNAct(nn.Module):
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        conv = self.conv
+        # Training only: eval mode, export and timing run the declared kernel, and the
+        # Conv2d module (and hooks on it) runs whenever cropping would change nothing.
+        w = reachable_kernel(conv.weight, max(x.shape[-2:])) if self.training else conv.weight
+        if w is conv.weight:
+            return self.act(self.bn(conv(x)))
+        y = F.conv2d(x, w, conv.bias, conv.stride, w.shape[-1] // 2, 1, conv.groups)
+        return self.act(self.bn(y))
 
 
 class SqueezeExcite(nn.Module):

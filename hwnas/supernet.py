@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv, activation
+from hwnas.layers import (Classifier, ConvBNAct, FeatureMix, MBConv, activation,
+                          reachable_kernel)
 from hwnas.ops import build_network, ops
 from hwnas.space import Arch, SearchSpace, get_space
 
@@ -88,7 +89,8 @@ class ElasticMBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mid, k = self.active_mid, self.active_kernel
         y = self.act(_bn(F.conv2d(x, self.expand_conv.weight[:mid]), self.expand_bn, mid))
-        y = F.conv2d(y, self.active_filter(mid, k), None, self.stride, k // 2, 1, mid)
+        filt = reachable_kernel(self.active_filter(mid, k), max(y.shape[-2:]))
+        y = F.conv2d(y, filt, None, self.stride, filt.shape[-1] // 2, 1, mid)
         y = self.act(_bn(y, self.dw_bn, mid))
         if self.se_max:
             sm = self.space.se_channels(mid)

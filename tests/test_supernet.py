@@ -47,6 +47,60 @@ def test_subnet_equals_supernet_on_many_archs(small_net):
     assert worst <= 1e-5
 
 
+def _grads(net: nn.Module, x: torch.Tensor) -> None:
+    net.zero_grad()
+    net(x).square().sum().backward()
+
+
+@pytest.mark.parametrize("r", [32, 48])
+def test_cropped_kernels_train_like_full_ones(r, monkeypatch):
+    """In training, the supernet and the static layers crop large depthwise kernels on
+    small maps (stages 3-5 here are 1x1 to 3x3). Gradients must equal those of the full
+    kernels, which the static subnet runs when the crop is switched off."""
+    import copy
+
+    from hwnas import layers
+    from hwnas.space import SearchSpace
+
+    sp = SearchSpace.small()
+    torch.manual_seed(0)
+    net = Supernet(sp).train()
+    big = sp.largest()
+    arch = sp.arch(r=r, d=big.d, k=big.k, e=big.e)
+    net.set_active(arch)
+    cropped = net.subnet(arch).train()
+    full = copy.deepcopy(cropped)
+    x = torch.randn(4, 3, r, r)
+    _grads(net, x)
+    _grads(cropped, x)
+    monkeypatch.setattr(layers, "reachable_kernel", lambda w, size: w)
+    _grads(full, x)
+    blocks = zip(list(full)[2:], list(cropped)[2:], sp.active_blocks(arch))
+    for ref_block, static_block, (s, b, k, _) in blocks:
+        ref = ref_block.depth_conv.conv.weight.grad
+        assert ref.shape[-1] == k
+        for mine in (net.stages[s][b].dw_conv.weight.grad, static_block.depth_conv.conv.weight.grad):
+            assert torch.allclose(mine, ref, rtol=1e-4, atol=1e-6 * ref.abs().max())
+
+
+def test_exported_subnets_keep_their_declared_kernels(tmp_path):
+    import onnx
+
+    from hwnas.convert import to_onnx
+    from hwnas.space import SearchSpace
+
+    sp = SearchSpace.small()
+    big = sp.largest()
+    arch = sp.arch(r=32, d=big.d, k=big.k, e=big.e)  # the last stages run on 1x1 and 2x2 maps
+    to_onnx(Supernet(sp).subnet(arch).eval(), torch.randn(1, 3, 32, 32), tmp_path / "n.onnx")
+    graph = onnx.load(tmp_path / "n.onnx").graph
+    depthwise = [n for n in graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute)]
+    shapes = [list(next(a.ints for a in n.attribute if a.name == "kernel_shape"))
+              for n in depthwise]
+    assert len(shapes) == 1 + sum(big.d) and all(s == [7, 7] for s in shapes[1:])
+
+
 def test_subnet_on_default_space_largest_and_smallest():
     from hwnas.space import SearchSpace
 
