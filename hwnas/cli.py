@@ -243,6 +243,11 @@ def train_cmd(
     n_random: int = typer.Option(2, min=0, help="random subnets per step (sandwich rule)"),
     distill: bool = typer.Option(True, help="in-place distillation from the largest subnet"),
     progressive: bool = typer.Option(False, help="OFA progressive shrinking"),
+    smallest_resolution: str = typer.Option("random", help="the smallest subnet's "
+                                            "resolution each step: random (drawn per step) "
+                                            "or min (BigNAS)"),
+    augment: bool = typer.Option(True, help="distort training batches with the data set's "
+                                 "augmentation (shift/flip; digits-hard: its distortion)"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
 ) -> None:
@@ -260,7 +265,8 @@ def train_cmd(
     train_set, val_set = load_dataset(data, max(sp.resolutions), seed)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
                       label_smoothing=label_smoothing, n_random=n_random, distill=distill,
-                      progressive=progressive, seed=seed)
+                      progressive=progressive, augment=augment,
+                      smallest_resolution=smallest_resolution, seed=seed)
     res = train(sp, train_set, cfg, out)
     if rank == 0:
         acc = subnet_accuracy(res.net.cpu(), [sp.largest(), sp.smallest()], train_set, val_set,

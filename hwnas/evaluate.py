@@ -47,9 +47,12 @@ def top1(net: nn.Module, data: Dataset, resolution: int, batch_size: int = 256) 
 
 def calibration_batches(train: Dataset, n_batches: int, batch_size: int, seed: int
                         ) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    """Training images as training saw them: with the set's augmentation (as OFA
+    recalibrates with its training transforms), so BN statistics match the distribution
+    the weights were trained on."""
+    g, augment = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     out = []
-    for i, (x, _) in enumerate(train.batches(batch_size, True, g)):
+    for i, (x, _) in enumerate(train.batches(batch_size, True, g, augment=augment)):
         if i >= n_batches:
             break
         out.append(x)

@@ -1,10 +1,12 @@
 """Supernet training: the sandwich rule with in-place distillation (BigNAS/AttentiveNAS).
 
-Each step trains the largest subnet on the labels (label smoothing), then the smallest and
-``n_random`` random subnets on the largest's soft predictions, accumulating gradients,
-then takes one optimiser step (SGD with Nesterov momentum, cosine schedule). Optional
-progressive shrinking (OFA) opens the elastic dimensions one after another: kernel, then
-depth, then expand ratio. Each subnet sees the batch at its own resolution.
+Each step trains the largest subnet on the labels (label smoothing), then the smallest (at
+a resolution drawn per step, see :func:`sandwich_archs`) and ``n_random`` random subnets on
+the largest's soft predictions, accumulating gradients,
+then takes one optimiser step (SGD with Nesterov momentum, cosine schedule). Batches are
+distorted by the training set's augmentation (``Dataset.augment``), drawn afresh each
+time. Optional progressive shrinking (OFA) opens the elastic dimensions one after another:
+kernel, then depth, then expand ratio. Each subnet sees the batch at its own resolution.
 
 Checkpoints are written at the end of every epoch (atomically) and hold the weights, the
 optimiser and scheduler, the RNG state, the config and the space, in a form read with
@@ -42,6 +44,9 @@ class TrainError(HwnasError, ValueError):
     """Bad training settings, or a checkpoint that does not fit."""
 
 
+SMALLEST_RESOLUTIONS = ("random", "min")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Validated training settings."""
@@ -54,6 +59,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     n_random: int = 2                 # random subnets per step besides largest and smallest
     distill: bool = True              # in-place distillation from the largest subnet
+    smallest_resolution: str = "random"  # the smallest subnet's: "random" per step, or "min"
+    augment: bool = True              # the training set's own augmentation, fresh per batch
     progressive: bool = False         # OFA's progressive shrinking
     warmup_epochs: int = 1
     seed: int = 0
@@ -65,6 +72,8 @@ class TrainConfig:
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("n_random", self.n_random >= 0, ">= 0"),
+            ("smallest_resolution", self.smallest_resolution in SMALLEST_RESOLUTIONS,
+             " or ".join(SMALLEST_RESOLUTIONS)),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]")],
             TrainError, "training setting", self)
 
@@ -91,12 +100,23 @@ def init_distributed() -> tuple[int, int]:
 
 
 def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
-                   phase: str = "all") -> list[Arch]:
+                   phase: str = "all", smallest_resolution: str = "min") -> list[Arch]:
     """Largest, smallest and ``n_random`` random archs, restricted to the elastic
-    dimensions open in ``phase`` (kernel, depth, all)."""
+    dimensions open in ``phase`` (kernel, depth, all).
+
+    With ``smallest_resolution="random"`` the smallest arch takes a resolution drawn per
+    step instead of the smallest one. Trained every step in one fixed context, the
+    smallest subnet's weights specialise to it and the supernet rates it above its
+    neighbours (on digits-hard, above three of the four next-larger subnets of the ranking
+    benchmark, which stand-alone training ranks above it); a drawn resolution spreads that
+    training over the contexts the smaller subnets share, and Kendall tau against
+    stand-alone accuracy rose from 0.5-0.6 to about 0.7."""
     big = space.largest()
     small = space.smallest()
     archs = [space.sample(1, rng)[0] for _ in range(n_random)]
+    if smallest_resolution == "random":
+        r = space.resolutions[int(rng.integers(len(space.resolutions)))]
+        small = space.arch(r=r, d=small.d, k=small.k, e=small.e)
     if phase != "all":
         def restrict(a: Arch) -> Arch:  # closed dimensions stay at their largest
             return space.arch(r=a.r, d=a.d if phase == "depth" else big.d, k=a.k, e=big.e)
@@ -104,6 +124,12 @@ def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
         small = restrict(small)
         archs = [restrict(a) for a in archs]
     return [big, small] + archs
+
+
+def seeded(*key: int) -> torch.Generator:
+    """A torch generator seeded from a tuple of ints (seed, epoch, rank, ...)."""
+    return torch.Generator().manual_seed(
+        int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0]))
 
 
 def phase_of(epoch: int, cfg: TrainConfig) -> str:
@@ -215,9 +241,10 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
         for epoch in range(start, cfg.epochs):
             net.train()
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            augment = seeded(cfg.seed, epoch, rank) if cfg.augment else None
             t0, seen, loss_sum, nb = time.perf_counter(), 0, 0.0, 0
             for step, (x, y) in enumerate(train_data.batches(cfg.batch_size, True, g, rank,
-                                                             world)):
+                                                             world, augment=augment)):
                 x, y = x.to(device), y.to(device)
                 global_step = epoch * steps_per_epoch + step
                 for group in opt.param_groups:
@@ -226,7 +253,8 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                 opt.zero_grad(set_to_none=True)
                 soft = None
                 for i, arch in enumerate(sandwich_archs(space, cfg.n_random, rng,
-                                                        phase_of(epoch, cfg))):
+                                                        phase_of(epoch, cfg),
+                                                        cfg.smallest_resolution)):
                     net.set_active(arch)
                     logits = net(model_input(x, arch.r))
                     if i == 0 or not cfg.distill:
@@ -268,11 +296,11 @@ def adapt_supernet(net: Supernet, archs: Sequence[Arch], data: Dataset, steps: i
         return net
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    g, augment = torch.Generator().manual_seed(seed), seeded(seed, 1)
     net.train()
     done = 0
     while done < steps:
-        for x, y in data.batches(batch_size, True, g):
+        for x, y in data.batches(batch_size, True, g, augment=augment):
             arch = archs[int(rng.integers(len(archs)))]
             net.set_active(arch)
             loss = F.cross_entropy(net(model_input(x, arch.r)), y)

@@ -35,24 +35,62 @@ def test_digits_hard_is_a_fixed_distortion_of_digits():
 
     (tr, va), (htr, hva) = digits(32), digits_hard(32)
     assert torch.equal(tr.labels, htr.labels) and torch.equal(va.labels, hva.labels)
-    assert htr.images.shape == tr.images.shape
-    assert (htr.images - tr.images).abs().mean() > 0.2  # really changed
-    again, _ = load_dataset("digits-hard", 32, seed=0)
-    assert torch.equal(again.images, htr.images)  # the same task every time
-    assert float(htr.images.std()) == pytest.approx(float(tr.images.std()), rel=0.35)
+    assert hva.images.shape == va.images.shape
+    assert (hva.images - va.images).abs().mean() > 0.2  # the validation images really changed
+    _, again = load_dataset("digits-hard", 32, seed=0)
+    assert torch.equal(again.images, hva.images)  # the same task every time
+    # training sees the clean digits, distorted afresh by the same augmentation
+    assert torch.equal(htr.images, tr.images) and htr.augment is not None
+    assert tr.augment is None and va.augment is None and hva.augment is None
+    seen = htr.augment(htr.images, torch.Generator().manual_seed(1))
+    assert float(seen.std()) == pytest.approx(float(hva.images.std()), rel=0.05)
 
 
 def test_digits_hard_copies_are_distorted_differently():
     from hwnas.data import digits_hard
 
-    tr, va = digits_hard(32)
-    tr2, va3 = digits_hard(32, train_copies=2, val_copies=3)
-    assert len(tr2) == 2 * len(tr) and len(va3) == 3 * len(va)
+    _, va = digits_hard(32)
+    _, va3 = digits_hard(32, val_copies=3)
+    assert len(va3) == 3 * len(va)
     assert torch.equal(va3.labels, va.labels.repeat(3))
     n = len(va)
     assert (va3.images[:n] - va3.images[n:2 * n]).abs().mean() > 0.2  # not the same copy
-    with pytest.raises(DataError, match="copies must be >= 1"):
+    with pytest.raises(DataError, match="val_copies must be >= 1"):
         digits_hard(32, val_copies=0)
+
+
+def test_augment_draws_from_its_generator_only():
+    from hwnas.data import BLACK, NATURAL, Augment
+
+    x, _ = next(digits(32)[0].batches(16, False))
+    assert torch.allclose(Augment()(x, torch.Generator()), x, atol=1e-5)  # identity
+    assert torch.allclose(Augment(flip=1.0)(x, torch.Generator()), x.flip(-1), atol=1e-5)
+    a = NATURAL(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, NATURAL(x, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, NATURAL(x, torch.Generator().manual_seed(4)))
+    # zoomed out by 2: the border comes from outside the image and is black
+    white = torch.full((2, 3, 32, 32), 2.0)
+    small = Augment(zoom=(0.5, 0.5))(white, torch.Generator())
+    assert torch.allclose(small[:, :, 0, 0], BLACK.view(1, 3).expand(2, 3))
+    assert torch.allclose(small[:, :, 16, 16], white[:, :, 16, 16])
+    noisy = Augment(noise=0.5)(x, torch.Generator().manual_seed(0))
+    assert float((noisy - x).std()) == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(DataError, match="zoom=.*0 < zoom low <= high"):
+        Augment(zoom=(1.2, 0.8))
+    with pytest.raises(DataError, match="flip=2"):
+        Augment(flip=2)
+
+
+def test_batches_are_augmented_only_when_asked_and_the_set_has_augmentation():
+    from hwnas.data import NATURAL
+
+    tr, _ = digits(32)
+    aug = Dataset(tr.images, tr.labels, 10, "a", NATURAL)
+    g = torch.Generator
+    plain = next(aug.batches(8, False))[0]
+    assert torch.equal(plain, tr.images[:8])
+    assert not torch.equal(next(aug.batches(8, False, augment=g().manual_seed(0)))[0], plain)
+    assert torch.equal(next(tr.batches(8, False, augment=g().manual_seed(0)))[0], plain)
 
 
 def test_model_input_is_the_resized_batch_in_channels_last_layout():
@@ -127,6 +165,33 @@ def test_resume_reproduces_the_uninterrupted_run(small, data, tmp_path):
         train(small, tr, dataclasses.replace(cfg, lr=0.5), tmp_path / "cut", progress=False)
 
 
+def test_training_distorts_batches_with_the_sets_augmentation(small, data, tmp_path):
+    from hwnas.data import NATURAL
+
+    tr, _ = data
+    augmented = dataclasses.replace(tr, augment=NATURAL)
+    cfg = TrainConfig(epochs=1, batch_size=64, n_random=0)
+
+    def weights(ds, c, name):
+        res = train(small, ds, c, tmp_path / name, progress=False, max_steps=2)
+        return torch.cat([p.detach().flatten() for p in res.net.parameters()])
+
+    plain = weights(tr, cfg, "plain")
+    assert torch.equal(plain, weights(augmented, dataclasses.replace(cfg, augment=False), "off"))
+    assert not torch.equal(plain, weights(augmented, cfg, "on"))
+
+
+def test_calibration_sees_training_images_as_training_does(data):
+    from hwnas.data import NATURAL
+    from hwnas.evaluate import calibration_batches
+
+    tr, _ = data
+    augmented = dataclasses.replace(tr, augment=NATURAL)
+    a = calibration_batches(augmented, 2, 32, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a, calibration_batches(augmented, 2, 32, 5)))
+    assert not any(torch.equal(x, y) for x, y in zip(a, calibration_batches(tr, 2, 32, 5)))
+
+
 def test_checkpoints_are_safe_and_space_checked(small, default, data, tmp_path):
     tr, _ = data
     res = train(small, tr, TrainConfig(epochs=2, batch_size=128, n_random=0), tmp_path,
@@ -146,6 +211,30 @@ def test_bad_settings():
         TrainConfig(label_smoothing=1.5)
     with pytest.raises(TrainError, match="warmup_epochs"):
         TrainConfig(epochs=1, warmup_epochs=2)
+    with pytest.raises(TrainError, match="smallest_resolution='max'.*random or min"):
+        TrainConfig(smallest_resolution="max")
+
+
+def test_sandwich_trains_the_smallest_at_drawn_resolutions(small):
+    from hwnas.train import sandwich_archs
+
+    def smallest(mode, phase="all"):
+        return [sandwich_archs(small, 2, np.random.default_rng(i), phase, mode)[1]
+                for i in range(60)]
+
+    assert all(a == small.smallest() for a in smallest("min"))
+    drawn = smallest("random")
+    assert {a.r for a in drawn} == set(small.resolutions)  # every resolution, nothing else
+    assert all((a.d, a.k, a.e) == (small.smallest().d, small.smallest().k, small.smallest().e)
+               for a in drawn)
+    # the largest (the teacher) and the random archs are the same draws either way
+    for i in range(5):
+        lo, hi = (sandwich_archs(small, 2, np.random.default_rng(i), "all", m)
+                  for m in ("min", "random"))
+        assert lo[0] == hi[0] == small.largest() and lo[2:] == hi[2:]
+    kernel_phase = smallest("random", "kernel")  # closed dimensions stay at their largest
+    assert {a.r for a in kernel_phase} == set(small.resolutions)
+    assert all(a.e == small.largest().e for a in kernel_phase)
 
 
 def test_recalibration_changes_bn_stats_not_weights(small, data):
