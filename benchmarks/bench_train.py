@@ -14,10 +14,10 @@ ranking. On fixed distorted copies every stand-alone net memorised the training 
 points against a true spread of 0.53 between the 10 subnets, so no supernet could be
 expected to reach tau 0.6 against one stand-alone seed. With fresh distortions accuracy
 grows with capacity, and one stand-alone seed ranks the subnets with a reliability of about
-0.8; still, two stand-alone runs of the same 10 subnets agree only at tau 0.56-0.73, which
+0.8; still, two stand-alone runs of the same 10 subnets agree only at tau 0.47-0.73, which
 caps what any supernet can score against one run. ``--standalone-seeds 2`` averages two
 runs and reports their agreement (``standalone_seed_vs_seed_tau``), at about 1.6x the wall
-time. Fewer stand-alone epochs are no way out: after 10 epochs the nets are at ~85% and two
+time (794 s against 510 s). Fewer stand-alone epochs are no way out: after 10 epochs the nets are at ~85% and two
 seeds rank them at tau -0.16.
 
 Both parts run at once, one thread each (these nets are too small to use two threads
