@@ -17,8 +17,8 @@ grows with capacity, and one stand-alone seed ranks the subnets with a reliabili
 0.8; still, two stand-alone runs of the same 10 subnets agree only at tau 0.47-0.73, which
 caps what any supernet can score against one run. ``--standalone-seeds 2`` averages two
 runs and reports their agreement (``standalone_seed_vs_seed_tau``), at about 1.6x the wall
-time (794 s against 510 s). Fewer stand-alone epochs are no way out: after 10 epochs the nets are at ~85% and two
-seeds rank them at tau -0.16.
+time (794 s against 510 s). Fewer stand-alone epochs are no way out: after 10 epochs the
+nets are at ~85% and two seeds rank them at tau -0.16.
 
 Both parts run at once, one thread each (these nets are too small to use two threads
 well): one worker process trains the supernet while the other trains stand-alone nets,

@@ -26,6 +26,13 @@ def reachable_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
     return weight[:, :, start:start + reach, start:start + reach]
 
 
+def same_conv(x: torch.Tensor, weight: torch.Tensor, stride: int | tuple = 1, groups: int = 1,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A same-padded convolution with only the reachable part of ``weight``."""
+    w = reachable_kernel(weight, max(x.shape[-2:]))
+    return F.conv2d(x, w, bias, stride, w.shape[-1] // 2, 1, groups)
+
+
 def activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
@@ -50,11 +57,10 @@ class ConvBNAct(nn.Module):
         conv = self.conv
         # Training only: eval mode, export and timing run the declared kernel, and the
         # Conv2d module (and hooks on it) runs whenever cropping would change nothing.
-        w = reachable_kernel(conv.weight, max(x.shape[-2:])) if self.training else conv.weight
-        if w is conv.weight:
-            return self.act(self.bn(conv(x)))
-        y = F.conv2d(x, w, conv.bias, conv.stride, w.shape[-1] // 2, 1, conv.groups)
-        return self.act(self.bn(y))
+        if self.training and conv.kernel_size[0] > 2 * max(x.shape[-2:]) - 1:
+            return self.act(self.bn(same_conv(x, conv.weight, conv.stride, conv.groups,
+                                              conv.bias)))
+        return self.act(self.bn(conv(x)))
 
 
 class SqueezeExcite(nn.Module):

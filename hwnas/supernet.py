@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.layers import (Classifier, ConvBNAct, FeatureMix, MBConv, activation,
-                          reachable_kernel)
+                          same_conv)
 from hwnas.ops import build_network, ops
 from hwnas.space import Arch, SearchSpace, get_space
 
@@ -89,8 +89,7 @@ class ElasticMBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mid, k = self.active_mid, self.active_kernel
         y = self.act(_bn(F.conv2d(x, self.expand_conv.weight[:mid]), self.expand_bn, mid))
-        filt = reachable_kernel(self.active_filter(mid, k), max(y.shape[-2:]))
-        y = F.conv2d(y, filt, None, self.stride, filt.shape[-1] // 2, 1, mid)
+        y = same_conv(y, self.active_filter(mid, k), self.stride, mid)
         y = self.act(_bn(y, self.dw_bn, mid))
         if self.se_max:
             sm = self.space.se_channels(mid)

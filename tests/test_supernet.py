@@ -79,7 +79,8 @@ def test_cropped_kernels_train_like_full_ones(r, monkeypatch):
     for ref_block, static_block, (s, b, k, _) in blocks:
         ref = ref_block.depth_conv.conv.weight.grad
         assert ref.shape[-1] == k
-        for mine in (net.stages[s][b].dw_conv.weight.grad, static_block.depth_conv.conv.weight.grad):
+        for mine in (net.stages[s][b].dw_conv.weight.grad,
+                     static_block.depth_conv.conv.weight.grad):
             assert torch.allclose(mine, ref, rtol=1e-4, atol=1e-6 * ref.abs().max())
 
 
