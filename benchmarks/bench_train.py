@@ -249,9 +249,8 @@ def reference_setting(space, train, data_key: tuple, epochs: int) -> dict:
     """Everything besides the subnet and the seed that shapes a stand-alone run."""
     import torch
 
-    space_json = json.dumps(space.to_dict(), sort_keys=True)
     _, data_seed, val_copies = data_key
-    return {"space": space.name, "space_sha256": hashlib.sha256(space_json.encode()).hexdigest(),
+    return {"space": space.name, "space_id": space.id,
             "data": train.name.removesuffix("-train"), "augment": repr(train.augment),
             "data_seed": data_seed, "val_copies": val_copies, "epochs": epochs,
             "recipe": STANDALONE_RECIPE, "torch": torch.__version__}
@@ -293,9 +292,9 @@ def run(args) -> Result:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.workers),
                              mp_context=multiprocessing.get_context("spawn")) as pool, \
-            Progress() as bar:
+            Progress() as bar, tempfile.TemporaryDirectory() as out:
         supernet = pool.submit(train_supernet, (space.to_dict(), data_key,
-                                                dataclasses.asdict(cfg), tempfile.mkdtemp()))
+                                                dataclasses.asdict(cfg), out))
         runs = {}
         for arch, seed in missing:
             runs[arch.key, seed] = f = pool.submit(
@@ -316,6 +315,7 @@ def run(args) -> Result:
                                                        known[a.key, s]["seconds"])
                for a, s in wanted}
     alone_runs = np.asarray([outcome[a.key, s][0] for a, s in wanted])
+    core_s = float(sum(t for _, t in outcome.values()))
     by_seed = alone_runs.reshape(len(picks), args.standalone_seeds)[::-1]
     alone = by_seed.mean(1)
     tau = float(kendalltau(super_acc, alone).statistic)
@@ -340,7 +340,7 @@ def run(args) -> Result:
                  "standalone_seeds": args.standalone_seeds,
                  "standalone_runs_measured_now": len(measured),
                  "standalone_runs_from_reference": len(wanted) - len(measured),
-                 "standalone_core_s": float(sum(t for _, t in outcome.values())),
+                 "standalone_core_s": core_s,
                  "workers": args.workers,
                  "threads_per_worker": 1, "supernet_train_s": train_s,
                  "supernet_and_standalone_s": standalone_s,
@@ -354,7 +354,7 @@ def run(args) -> Result:
         notes=["supernet images/s is one thread's, while the other core trained "
                "stand-alone nets" if measured else "supernet images/s is one thread's",
                f"{len(wanted) - len(measured)} of {len(wanted)} stand-alone runs read from "
-               f"{os.path.relpath(args.reference)} (measured earlier by this benchmark, same setting); "
-               f"{len(measured)} measured in this run; all of them took "
-               f"{sum(t for _, t in outcome.values()):.0f} core-seconds"
+               f"{os.path.relpath(args.reference)} (measured earlier by this benchmark, "
+               f"same setting); {len(measured)} measured in this run; all of them took "
+               f"{core_s:.0f} core-seconds"
                if reference else "every stand-alone run measured in this run"])

@@ -57,7 +57,7 @@ class ConvBNAct(nn.Module):
         conv = self.conv
         # Training only: eval mode, export and timing run the declared kernel, and the
         # Conv2d module (and hooks on it) runs whenever cropping would change nothing.
-        if self.training and conv.kernel_size[0] > 2 * max(x.shape[-2:]) - 1:
+        if self.training and reachable_kernel(conv.weight, max(x.shape[-2:])) is not conv.weight:
             return self.act(self.bn(same_conv(x, conv.weight, conv.stride, conv.groups,
                                               conv.bias)))
         return self.act(self.bn(conv(x)))
