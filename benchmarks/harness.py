@@ -29,6 +29,8 @@ class Result:
     # name -> (measured value, target, "ge" or "le"); judged and printed by the harness
     targets: dict[str, tuple[float, float, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # written to the JSON, not printed (e.g. every seed's run behind a table of means)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def judge(targets: dict[str, tuple[float, float, str]]) -> dict[str, dict[str, Any]]:
@@ -78,6 +80,7 @@ def report(name: str, result: Result, seconds: float, out_dir: Path = RESULTS,
         "targets": verdicts,
         "notes": result.notes,
         "rows": result.rows,
+        **({"details": result.details} if result.details else {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-{now:%Y%m%d-%H%M%S}.json"

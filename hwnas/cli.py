@@ -25,7 +25,8 @@ space_app = typer.Typer(no_args_is_help=True, help="Sample, inspect and count ar
 app.add_typer(space_app, name="space")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-SPACE_HELP = f"search space preset: {', '.join(SPACES)}"
+SPACE_HELP = (f"search space preset: {', '.join(SPACES)}; NAME@RESOLUTIONS for other "
+              f"input sizes, e.g. default-w1.2@128-224:4")
 
 
 @app.callback()
@@ -302,6 +303,9 @@ def search_cmd(
     lut: Path = typer.Option(Path("lut"), help="folder with tables and predictors"),
     predictor: Optional[Path] = typer.Option(None, help="predictor file for --device "
                                              "(default lut/<device>.predictor.json)"),
+    accuracy: Optional[str] = typer.Option(None, help="instead of a checkpoint: a named "
+                                           "accuracy source, ofa-predictor:PATH (Once-for-"
+                                           "All's ImageNet predictor; no data needed)"),
     nat_initial: int = typer.Option(40, min=4, help="nat: archive size before iterating"),
     nat_per_iteration: int = typer.Option(10, min=1, help="nat: evaluations per iteration"),
     nat_adapt_steps: int = typer.Option(0, min=0, help="nat: supernet steps per iteration"),
@@ -330,7 +334,7 @@ def search_cmd(
                                                                        "--resolutions")),
         lut_dir=str(lut), predictors={device: str(predictor)} if device and predictor else {},
         checkpoint=str(checkpoint) if checkpoint else None, data=data,
-        accuracy_table=str(accuracy_table) if accuracy_table else None,
+        accuracy_table=str(accuracy_table) if accuracy_table else None, accuracy=accuracy,
         nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
         nat_adapt_steps=nat_adapt_steps)
     res = search(cfg, resume or out, resume=resume is not None)
@@ -420,6 +424,97 @@ def export_cmd(
     for s in m["skipped"]:
         console.print(f"skipped {s['stage']}: {s['why']}", style="yellow")
     console.print(f"manifest: {res.manifest_path}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    arch: Path = typer.Option(..., help="arch JSON (hwnas or OFA dict, pareto.json entry) or "
+                              "a search run folder (its best.json)"),
+    checkpoint: Path = typer.Option(..., help="supernet checkpoint (hwnas train, or hwnas "
+                                    "ofa import-supernet)"),
+    data: str = typer.Option(..., help="digits, digits-hard, imagefolder:PATH (streamed; "
+                             "PATH/train + PATH/val), cifar10:PATH, cifar100:PATH"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP + " (default: the "
+                                        "checkpoint's)"),
+    calib_images: int = typer.Option(2000, min=1, help="training images for BN "
+                                     "recalibration (OFA: 2,000)"),
+    batch_size: int = typer.Option(100, min=1),
+    workers: Optional[int] = typer.Option(None, min=0, help="image decoding processes "
+                                          "(default: the cores, at most 8)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Top-1 and top-5 of one subnet of a supernet, BN statistics recalibrated."""
+    from hwnas.evaluate import evaluate_arch
+
+    res = evaluate_arch(arch, checkpoint, data, space, calib_images, batch_size, seed,
+                        workers)
+    table = Table("arch", "resolution", "top-1", "top-5", "images", "BN calibration",
+                  "seconds", title=f"evaluation on {data}")
+    table.add_row(res.name, str(res.arch.r), f"{res.top1:.2%}", f"{res.top5:.2%}",
+                  str(res.images), f"{res.calibration_images} images", f"{res.seconds:.0f}")
+    console.print(table)
+
+
+ofa_app = typer.Typer(no_args_is_help=True, help="Read Once-for-All's released artefacts: "
+                      "supernets, specialised subnets, latency tables.")
+app.add_typer(ofa_app, name="ofa")
+
+
+@ofa_app.command("import-supernet")
+def ofa_import_supernet(
+    file: Path = typer.Argument(..., help="OFA supernet weights, e.g. "
+                                "ofa_mbv3_d234_e346_k357_w1.2"),
+    space: str = typer.Option("default", help="default (width 1.0) or default-w1.2"),
+    out: Path = typer.Option(..., help="hwnas checkpoint to write"),
+) -> None:
+    """Turn an OFA MobileNetV3 supernet checkpoint into an hwnas checkpoint."""
+    from hwnas.ofa import OFA_RESOLUTIONS, import_supernet
+    from hwnas.space import format_resolutions
+
+    path = import_supernet(file, space, out)
+    console.print(f"wrote {path}: space {space} at {format_resolutions(OFA_RESOLUTIONS)} px "
+                  f"(use it with --checkpoint in search, export and evaluate)")
+
+
+@ofa_app.command("arch")
+def ofa_arch(
+    net_config: Path = typer.Argument(..., help="a specialised subnet's net.config"),
+    run_config: Optional[Path] = typer.Option(None, help="its run.config (default: the one "
+                                              "beside net.config)"),
+    space: Optional[str] = typer.Option(None, help=SPACE_HELP + " (default: the width the "
+                                        "config has, at 128-224 px)"),
+    resolution: Optional[int] = typer.Option(None, help="input size, instead of run.config's"),
+    out: Optional[Path] = typer.Option(None, help="write the arch JSON here"),
+) -> None:
+    """Turn an OFA MobileNetV3 net.config (+ run.config) into an hwnas arch JSON."""
+    from hwnas.files import atomic_write_text
+    from hwnas.ofa import read_net_config
+
+    arch, sp = read_net_config(net_config, run_config, space, resolution)
+    if out is None:
+        print(arch.to_json())
+    else:
+        atomic_write_text(out, arch.to_json() + "\n")
+    Console(stderr=True).print(f"{sp.arch_name(arch)} in space {sp.name}"
+                               + (f"; wrote {out}" if out else ""), highlight=False)
+
+
+@ofa_app.command("import-lut")
+def ofa_import_lut(
+    folder: Path = typer.Argument(..., help="folder of OFA's <r>_lookup_table.yaml files"),
+    device: str = typer.Option(..., help="name of the device in lut/ (e.g. note10)"),
+    space: str = typer.Option("default-w1.2", help=SPACE_HELP + " (OFA's Note10 tables "
+                              "are for the w1.2 network)"),
+    lut: Path = typer.Option(Path("lut"), help="folder for the table and its predictor"),
+) -> None:
+    """Turn OFA's latency tables into an hwnas lookup table and LUT-sum predictor."""
+    from hwnas.ofa import import_latency_tables
+
+    res = import_latency_tables(folder, device, space, lut)
+    console.print(f"wrote {res.table} ({res.rows} op rows from {len(res.files)} tables) and "
+                  f"{res.predictor} (LUT sum, as OFA predicts); use --device {device}")
+    for note in res.notes:
+        console.print(f"note: {note}", style="yellow")
 
 
 @app.command("quickstart")

@@ -11,7 +11,6 @@ when asked, the fingerprint, and names the file and the problem.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hwnas.errors import LutError
+from hwnas.files import atomic_write
 from hwnas.ops import OpSpec, encode_batch, ops, sum_over_archs, tabulate
 from hwnas.space import Arch, SearchSpace
 
@@ -49,19 +49,7 @@ def write_table(df: pd.DataFrame, path: str | Path, meta: Mapping[str, Any]) -> 
     md = dict(table.schema.metadata or {})
     md[META_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, **meta}, default=str).encode()
     table = table.replace_schema_metadata(md)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 
@@ -112,7 +100,8 @@ def read_table(path: str | Path, kind: str = "ops",
     if (lat <= 0).any():
         bad = df.loc[lat <= 0, "key"].tolist()[:3]
         raise LutError(f"{path}: latency is zero or negative for {bad}")
-    dup = df["key"][df["key"].duplicated()].tolist()
+    ident = ["key", "r"] if "r" in df.columns else ["key"]
+    dup = df.loc[df.duplicated(ident), "key"].tolist()
     if dup:
         raise LutError(f"{path}: key(s) appear more than once: {dup[:3]}")
     if fingerprint is not None and meta.get("fingerprint") is not None:
@@ -146,25 +135,41 @@ class LatencyTable:
         return cls(df, space, dict(meta.get("fingerprint") or {}), Path(path))
 
     def __post_init__(self) -> None:
-        self._latency = dict(zip(self.rows["key"], self.rows["latency_ms"].astype(float)))
+        # An optional column ``r`` ties a row to the network input size it was timed in
+        # (tables timed per resolution, as Once-for-All's are); 0 or absent: any size.
+        r = self.rows["r"].fillna(0).astype(int) if "r" in self.rows.columns else \
+            pd.Series(0, index=self.rows.index)
+        self._latency = {(int(ri), k): float(v) for ri, k, v in
+                         zip(r, self.rows["key"], self.rows["latency_ms"])}
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def op_latency(self, op: OpSpec) -> float:
-        try:
-            return self._latency[op.key]
-        except KeyError:
+    def _lookup(self, op: OpSpec, r: int | None) -> float | None:
+        if r is not None and (r, op.key) in self._latency:
+            return self._latency[(r, op.key)]
+        return self._latency.get((0, op.key))
+
+    def op_latency(self, op: OpSpec, r: int | None = None) -> float:
+        """An op's latency (ms); ``r``: the input size of the network it is part of."""
+        value = self._lookup(op, r)
+        if value is None:
             where = f" {self.path}" if self.path else ""
-            raise LutError(f"op {op.key} is not in the lookup table{where}; profile the "
-                           f"resolutions that contain it with 'hwnas profile'") from None
+            at = f" (at {r} px)" if r is not None else ""
+            raise LutError(f"op {op.key}{at} is not in the lookup table{where}; profile the "
+                           f"resolutions that contain it with 'hwnas profile'")
+        return value
 
     def _tabulated(self) -> tuple[np.ndarray, np.ndarray]:
         """Latency per block position and fixed latency per resolution (NaN: not in the
         table), for the vectorised sums."""
         if self._tables is None:
-            self._tables = tabulate(self.space, lambda op: self._latency.get(op.key, np.nan))
+            def latency(op: OpSpec, r: int) -> float:
+                value = self._lookup(op, r)
+                return np.nan if value is None else value
+
+            self._tables = tabulate(self.space, latency, by_resolution=True)
         return self._tables
 
     def predict(self, archs: Arch | Sequence[Arch] | np.ndarray) -> np.ndarray | float:
@@ -178,10 +183,11 @@ class LatencyTable:
         if bad.size:
             arch = self.space.decode(X[bad[0]])
             for op in ops(arch, self.space):
-                self.op_latency(op)  # raises, naming the first missing op
+                self.op_latency(op, arch.r)  # raises, naming the first missing op
         return float(out[0]) if single else out
 
     def breakdown(self, arch: Arch) -> pd.DataFrame:
         """One row per op of ``arch`` with its latency (for reports)."""
-        rows = [{**op.row(), "latency_ms": self.op_latency(op)} for op in ops(arch, self.space)]
+        rows = [{**op.row(), "latency_ms": self.op_latency(op, arch.r)}
+                for op in ops(arch, self.space)]
         return pd.DataFrame(rows)

@@ -214,16 +214,19 @@ def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[OpSpec]]]:
     return grid, fixed
 
 
-def tabulate(space: SearchSpace, value, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+def tabulate(space: SearchSpace, value, dtype=np.float64, by_resolution: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
     """``value(op)`` for every block position ([R, S, D, K, E, ...]) and the sum over each
-    resolution's fixed ops ([R, ...]). ``value`` may return a number or a tuple."""
+    resolution's fixed ops ([R, ...]). ``value`` may return a number or a tuple; with
+    ``by_resolution`` it is called as ``value(op, r)`` with the network's input size."""
     grid, fixed = op_grid(space)
-    sample = np.asarray(value(grid.flat[0]), dtype=dtype)
+    call = value if by_resolution else (lambda op, r: value(op))
+    sample = np.asarray(call(grid.flat[0], space.resolutions[0]), dtype=dtype)
     blocks = np.zeros(grid.shape + sample.shape, dtype=dtype)
     for idx, op in np.ndenumerate(grid):
-        blocks[idx] = value(op)
-    fixed_sum = np.stack([np.sum([np.asarray(value(op), dtype=dtype) for op in ops_r], axis=0)
-                          for ops_r in fixed])
+        blocks[idx] = call(op, space.resolutions[idx[0]])
+    fixed_sum = np.stack([np.sum([np.asarray(call(op, r), dtype=dtype) for op in ops_r],
+                                 axis=0) for r, ops_r in zip(space.resolutions, fixed)])
     return blocks, fixed_sum
 
 

@@ -331,13 +331,17 @@ def write_report(res: QuickstartResult, predictor_report, search_result, manifes
 
 
 NEXT_STEPS = """\
-Full size, on a real device (see README):
-  hwnas profile --device cuda-tensorrt --space default --subnets 300
-  hwnas predictor fit --device cuda-tensorrt
-  hwnas train --space default --data imagefolder:/data/imagenet --epochs 120
-  hwnas search --device cuda-tensorrt --space default --budget-ms 2,4 \\
-      --checkpoint runs/supernet/last.pt --data imagefolder:/data/imagenet --out runs/gpu
-  hwnas export --arch runs/gpu --format onnx,tensorrt --fp16 --device cuda-tensorrt"""
+Full size: ImageNet with Once-for-All's supernet (README, "ImageNet with Once-for-All's
+supernet"): import OFA's weights, search on its ImageNet accuracy predictor under a budget
+on this CPU, export the winner with those weights, evaluate it on your ImageNet folder.
+  hwnas ofa import-supernet ofa_mbv3_d234_e346_k357_w1.2 --space default-w1.2 --out ofa-w1.2.pt
+  hwnas profile --device cpu-onnxruntime --space default-w1.2 --subnets 200
+  hwnas predictor fit --device cpu-onnxruntime
+  hwnas search --space default-w1.2 --device cpu-onnxruntime --budget-ms 4 \\
+      --accuracy ofa-predictor:acc_predictor.pth --evaluations 2000 --out runs/imagenet
+  hwnas export --arch runs/imagenet --checkpoint ofa-w1.2.pt --format onnx,tflite \\
+      --device cpu-onnxruntime --out export/imagenet
+  hwnas evaluate --arch runs/imagenet --checkpoint ofa-w1.2.pt --data imagefolder:/data/imagenet"""
 
 
 __all__ = ["QuickstartConfig", "QuickstartError", "QuickstartResult", "default_budget", "run",

@@ -108,6 +108,7 @@ class SearchConfig:
     data: str = "digits"
     calib_batches: int = 4
     accuracy_table: str | None = None   # or: a surrogate fitted on measured accuracies
+    accuracy: str | None = None         # or: a named source, e.g. ofa-predictor:PATH
     nat_initial: int = 40               # nat: archive size before the first iteration
     nat_per_iteration: int = 10         # nat: archs evaluated per iteration
     nat_generations: int = 25           # nat: generations of the search on the surrogate
@@ -148,6 +149,16 @@ class SearchConfig:
         if self.budget_device is not None and self.budget_device not in devices:
             raise SearchError(f"budget device {self.budget_device!r} is not among the latency "
                               f"objectives {devices}")
+        sources = [n for n, v in (("--checkpoint", self.checkpoint),
+                                  ("--accuracy-table", self.accuracy_table),
+                                  ("--accuracy", self.accuracy)) if v]
+        if len(sources) > 1:
+            raise SearchError(f"give one accuracy source, not {' and '.join(sources)}")
+        if self.accuracy is not None:
+            kind, _, path = self.accuracy.partition(":")
+            if kind not in ACCURACY_SOURCES or not path:
+                raise SearchError(f"accuracy source {self.accuracy!r} is not one of "
+                                  f"{', '.join(f'{k}:PATH' for k in ACCURACY_SOURCES)}")
         if self.algorithm == "nat" and "acc" not in names:
             raise SearchError("nat searches with an accuracy surrogate: add 'acc' to the "
                               "objectives")
@@ -199,6 +210,23 @@ class SupernetAccuracy:
 
 
 SURROGATES = ("rbf", "xgboost")
+# Accuracy sources named by --accuracy KIND:PATH.
+ACCURACY_SOURCES = ("ofa-predictor",)
+
+
+def named_accuracy(spec: str, space: SearchSpace, resolutions: Sequence[int]) -> AccuracyFn:
+    """An accuracy source from ``--accuracy``: ``ofa-predictor:PATH`` is Once-for-All's
+    ImageNet accuracy predictor (no checkpoint, no data needed); checked against the
+    resolutions the search may visit."""
+    from hwnas.ofa import OfaAccuracyPredictor, OfaError
+
+    kind, _, path = spec.partition(":")
+    try:
+        source = OfaAccuracyPredictor(path, space)
+        source.check_resolutions(resolutions)
+    except OfaError as exc:
+        raise SearchError(f"--accuracy {kind}: {exc}") from None
+    return source
 
 
 class AccuracySurrogate:
@@ -699,18 +727,25 @@ def _run_pymoo(algorithm, problem, evaluator: Evaluator, budget: int, seed: int,
 
 
 def _run_random(evaluator: Evaluator, r_genes: np.ndarray, budget: int, seed: int,
-                batch: int, on_generation: Callable[[], None], max_stall: int = 30) -> None:
+                batch: int, on_generation: Callable[[], None], max_stall: int = 30,
+                max_draws: int = 1 << 16) -> None:
+    """Uniform samples, rejected when over the budget (which costs no accuracy
+    evaluation). Under a tight budget most draws are rejected, so a round that finds
+    nothing draws four times as many next time (up to ``max_draws``), as OFA's sampler
+    redraws until it finds one."""
     space = evaluator.space
     lo, hi = space.bounds
     rng = np.random.default_rng(seed)
-    stall = 0
+    stall, draws = 0, batch
     while evaluator.count < budget and stall < max_stall:
         before = evaluator.count
-        X = canonical(rng.integers(lo, hi + 1, size=(batch, space.n_var)), space, r_genes)
+        X = canonical(rng.integers(lo, hi + 1, size=(draws, space.n_var)), space, r_genes)
         cheap = evaluator.cheap(X)
-        ok = evaluator.feasible(cheap, len(X))  # rejection costs no accuracy evaluation
-        if ok.any():
+        ok = np.flatnonzero(evaluator.feasible(cheap, len(X)))[:batch]
+        if len(ok):
             evaluator(X[ok], budget, {k: v[ok] for k, v in cheap.items()})
+        else:
+            draws = min(draws * 4, max_draws)
         evaluator.generation += 1
         stall = stall + 1 if evaluator.count == before else 0
         on_generation()
@@ -860,6 +895,8 @@ def non_dominated(F: np.ndarray) -> np.ndarray:
 
 
 def archive_objectives(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
+    if df.empty:  # nothing met the budget: no columns to read
+        return np.zeros((0, len(objectives)))
     cols = [-df["acc"].to_numpy(float) if o.kind == "acc" else df[o.name].to_numpy(float)
             for o in objectives]
     return np.column_stack(cols) if cols else np.zeros((len(df), 0))
@@ -897,6 +934,8 @@ def _best_per_budget(df: pd.DataFrame, cfg: SearchConfig) -> dict[float, dict[st
     first = objs[0]
     rows = scored_rows(df, "acc" in cfg.objectives)
     out: dict[float, dict[str, Any]] = {}
+    if rows.empty:
+        return out
     for b in cfg.budgets_ms or (0.0,):
         sub = rows if not b else rows[rows[f"latency:{cfg.budget_device}"] <= b]
         if sub.empty:
@@ -965,14 +1004,18 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
                               f"search is over {space.name!r}")
     _check_budgets(cfg, space, preds, r_genes)
     if "acc" in cfg.objectives and accuracy is None:
-        if cfg.checkpoint:
+        if cfg.accuracy:
+            accuracy = named_accuracy(cfg.accuracy, space,
+                                      [space.resolutions[i] for i in r_genes])
+        elif cfg.checkpoint:
             accuracy = SupernetAccuracy(cfg.checkpoint, space, cfg.data, cfg.calib_batches,
                                         cfg.seed)
         elif cfg.accuracy_table:
             accuracy = AccuracySurrogate.from_table(cfg.accuracy_table, space, cfg.seed)
         else:
             raise SearchError("the objective 'acc' needs an accuracy source: --checkpoint "
-                              "(a supernet from 'hwnas train') or --accuracy-table")
+                              "(a supernet from 'hwnas train'), --accuracy-table or "
+                              "--accuracy ofa-predictor:PATH")
     evaluator = Evaluator(space, objs, preds, accuracy, cfg.budget_device,
                           max(cfg.budgets_ms) if cfg.budgets_ms else None, Archive(archive_path))
     return evaluator, r_genes, accuracy
@@ -1049,8 +1092,10 @@ def _finish(cfg: SearchConfig, evaluator: Evaluator, out: Path,
     df = evaluator.archive.frame()
     rows = scored_rows(df, evaluator.has_acc)
     F = archive_objectives(rows, evaluator.objectives)
-    front = rows.iloc[non_dominated(F)].sort_values(
-        [o.name if o.kind != "acc" else "acc" for o in evaluator.objectives][-1])
+    front = rows.iloc[non_dominated(F)]
+    if not front.empty:
+        front = front.sort_values(
+            [o.name if o.kind != "acc" else "acc" for o in evaluator.objectives][-1])
     files: dict[str, str] = {"archive": str(out / "archive.parquet"),
                              "config": str(out / "config.json")}
     front.to_csv(out / "pareto.csv", index=False)

@@ -182,6 +182,25 @@ class SearchSpace:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+    @property
+    def weights_id(self) -> str:
+        """A short hash of what decides the supernet's weights: every parameter but the
+        name and the resolutions (the head pools globally, so one set of weights serves
+        every input size). A checkpoint loads into any space with the same weights id."""
+        d = self.to_dict()
+        del d["name"], d["resolutions"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def with_resolutions(self, resolutions: Sequence[int]) -> "SearchSpace":
+        """The same space at other input resolutions, named ``<name>@<resolutions>``
+        (e.g. ``default-w1.2@128-224:4``, Once-for-All's training range)."""
+        rs = tuple(sorted({int(r) for r in resolutions}))
+        if rs == tuple(self.resolutions):
+            return self
+        base = self.name.partition("@")[0]
+        return dataclasses.replace(self, name=f"{base}@{format_resolutions(rs)}",
+                                   resolutions=rs)
+
     # ------------------------------------------------------------------- derived widths
     def _w(self, width: int) -> int:
         return make_divisible(width * self.width_mult, 8)
@@ -496,13 +515,67 @@ SPACES = {
     "default-w1.2": lambda: SearchSpace.default(1.2),
     "small": SearchSpace.small,
 }
+# The input sizes Once-for-All's released supernets were trained at.
+OFA_RESOLUTIONS = tuple(range(128, 225, 4))
+RESOLUTION_SYNTAX = "comma-separated sizes and ranges A-B:STEP, e.g. 128-224:4 or 160,192"
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    """Resolutions from ``"128-224:4"``, ``"160,176,192"`` or a mix of both."""
+    out: set[int] = set()
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        span, _, step = item.partition(":")
+        lo, dash, hi = span.partition("-")
+        try:
+            if dash:
+                a, b, s = int(lo), int(hi), int(step or 1)
+                if a > b or s < 1:
+                    raise ValueError
+                out.update(range(a, b + 1, s))
+            elif step:
+                raise ValueError
+            else:
+                out.add(int(span))
+        except ValueError:
+            raise SpaceError(f"resolutions {text!r}: cannot read {item!r}; use "
+                             f"{RESOLUTION_SYNTAX}") from None
+    if not out or min(out) < 1:
+        raise SpaceError(f"resolutions {text!r} name no positive size; use "
+                         f"{RESOLUTION_SYNTAX}")
+    return tuple(sorted(out))
+
+
+def format_resolutions(resolutions: Sequence[int]) -> str:
+    """The short form :func:`parse_resolutions` reads: evenly spaced runs of three or more
+    as ranges, the rest listed (``128-224:4,260``)."""
+    rs = sorted({int(r) for r in resolutions})
+    parts, i = [], 0
+    while i < len(rs):
+        j = i + 1
+        if j < len(rs):
+            step = rs[j] - rs[i]
+            while j + 1 < len(rs) and rs[j + 1] - rs[j] == step:
+                j += 1
+        if j - i >= 2:
+            parts.append(f"{rs[i]}-{rs[j]}:{step}")
+            i = j + 1
+        else:
+            parts.append(str(rs[i]))
+            i += 1
+    return ",".join(parts)
 
 
 def get_space(space: str | SearchSpace) -> SearchSpace:
-    """A space by preset name (``default``, ``default-w1.2``, ``small``) or as given."""
+    """A space by preset name (``default``, ``default-w1.2``, ``small``), optionally at
+    other resolutions (``default-w1.2@128-224:4``), or as given."""
     if isinstance(space, SearchSpace):
         return space
+    base, at, res = str(space).partition("@")
     try:
-        return SPACES[space]()
+        preset = SPACES[base]()
     except KeyError:
-        raise SpaceError(f"unknown search space {space!r}; known: {sorted(SPACES)}") from None
+        raise SpaceError(f"unknown search space {space!r}; known: {sorted(SPACES)}, each "
+                         f"optionally with @RESOLUTIONS ({RESOLUTION_SYNTAX})") from None
+    return preset.with_resolutions(parse_resolutions(res)) if at else preset

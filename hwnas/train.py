@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from hwnas.data import Dataset, model_input
 from hwnas.errors import HwnasError, check_settings
+from hwnas.files import atomic_torch_save, load_tensors
 from hwnas.space import Arch, SearchSpace, get_space
 from hwnas.supernet import Supernet
 
@@ -155,36 +156,43 @@ def save_checkpoint(path: Path, net: Supernet, opt, epoch: int, cfg: TrainConfig
              "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg),
              "space": net.space.to_dict(), "space_id": net.space.id,
              "torch_rng": torch.get_rng_state(), "history": history}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | Path, space: SearchSpace | None = None) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); refuse one of another space."""
+def load_checkpoint(path: str | Path, space: SearchSpace | None = None,
+                    exact: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); refuse one whose weights do not
+    fit ``space`` (with ``exact``: one of any other space, resolutions included, as
+    resuming a training run needs)."""
     path = Path(path)
-    if not path.exists():
-        raise TrainError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainError(f"{path} is not a readable hwnas checkpoint: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    state = load_tensors(path, TrainError, "hwnas checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+            or not isinstance(state.get("model"), dict) or "space" not in state:
         raise TrainError(f"{path} is not an hwnas supernet checkpoint (format "
-                         f"{CHECKPOINT_FORMAT})")
-    if space is not None and state.get("space_id") != space.id:
-        other = SearchSpace.from_dict(state["space"])
-        raise TrainError(f"{path} holds a supernet of space {other.name!r} (id {other.id}), "
-                         f"not {space.name!r} (id {space.id})")
+                         f"{CHECKPOINT_FORMAT}; an Once-for-All file is imported with "
+                         f"'hwnas ofa import-supernet')")
+    try:
+        own = SearchSpace.from_dict(state["space"])
+    except HwnasError as exc:
+        raise TrainError(f"{path}: {exc}") from None
+    if space is not None:
+        same = own.id == space.id if exact else own.weights_id == space.weights_id
+        if not same:
+            raise TrainError(f"{path} holds a supernet of space {own.name!r} (id {own.id}), "
+                             f"not {space.name!r} (id {space.id})")
     return state
 
 
 def load_supernet(path: str | Path, space: SearchSpace | None = None) -> Supernet:
-    """A supernet with the weights of a checkpoint (its own space unless one is given)."""
+    """A supernet with the weights of a checkpoint, in ``space`` (any resolutions of the
+    checkpoint's space; by default its own)."""
     state = load_checkpoint(path, space)
-    net = Supernet(SearchSpace.from_dict(state["space"]))
-    net.load_state_dict(state["model"])
+    net = Supernet(space or SearchSpace.from_dict(state["space"]))
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise TrainError(f"{path}: its weights do not fit the supernet: "
+                         f"{' '.join(str(exc).split())[:300]}") from None
     return net.eval()
 
 
@@ -222,7 +230,7 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                           momentum=cfg.momentum, nesterov=True)
     start, history = 0, []
     if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, space)
+        state = load_checkpoint(ckpt, space, exact=True)
         if state["config"] != dataclasses.asdict(cfg):
             diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
                     if state["config"].get(k) != v}

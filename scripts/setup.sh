@@ -15,4 +15,10 @@ fi
 # A CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+# Once-for-All's own package: the reference the OFA interop tests and `python -m benchmarks
+# ofa` compare with (hwnas never imports it). Without --no-deps it would pull torchvision
+# and a CUDA build of torch.
+case ",$EXTRAS," in
+    *,test,*) "$VENV/bin/python" -m pip install -q --no-deps "ofa==0.1.0.post202307202001" ;;
+esac
 echo "environment ready: $VENV"

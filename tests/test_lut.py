@@ -111,3 +111,30 @@ def test_space_mismatch_is_refused(tmp_path, small, default):
     path = _write(tmp_path, make_table(small, [32]), {"fingerprint": FP, "space": small.to_dict()})
     with pytest.raises(LutError, match="search space 'small'"):
         LatencyTable.load(path, space=default)
+
+
+def test_rows_timed_per_resolution_serve_their_resolution(tmp_path, small):
+    """Tables timed per input size (Once-for-All's) hold one op once per resolution; a
+    row without ``r`` serves every resolution."""
+    rows = []
+    for r_i, r in enumerate(small.resolutions):
+        for op in unique_ops(small, [r]):
+            rows.append({**op.row(), "latency_ms": 1.0 + r_i, "p10_ms": 1.0, "p90_ms": 1.0,
+                         "spread": 0.0, "count": 1, "attempts": 1, "r": r})
+    path = write_table(pd.DataFrame(rows), tmp_path / "t.parquet",
+                       {"fingerprint": {}, "space": small.to_dict()})
+    table = LatencyTable.load(path)
+    for arch in small.sample(10, seed=0):
+        n_ops = len(ops(arch, small))
+        want = n_ops * (1.0 + small.resolutions.index(arch.r))
+        assert table.predict(arch) == pytest.approx(want)
+        assert table.breakdown(arch)["latency_ms"].sum() == pytest.approx(want)
+    anywhere = pd.DataFrame([{**r, "r": 0} for r in rows if r["r"] == small.resolutions[0]])
+    table = LatencyTable.load(write_table(anywhere, tmp_path / "u.parquet",
+                                          {"fingerprint": {}, "space": small.to_dict()}),
+                              small)
+    arch = small.smallest()
+    assert table.predict(arch) == pytest.approx(len(ops(arch, small)))
+    dup = pd.DataFrame(rows + rows[:1])
+    with pytest.raises(LutError, match="appear more than once"):
+        read_table(write_table(dup, tmp_path / "d.parquet", {"fingerprint": {}}))

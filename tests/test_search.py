@@ -268,3 +268,27 @@ def test_accuracy_surrogate_ranks_and_survives_constant_genes(default):
     auto = AccuracySurrogate(default, "auto", seed=0).fit(archs[:80], acc[:80])
     assert auto.chosen in ("rbf", "xgboost") and set(auto.cv_tau) == {"rbf", "xgboost"}
     assert auto.cv_tau[auto.chosen] == max(auto.cv_tau.values())
+
+
+def test_random_search_finds_archs_under_a_tight_budget(small, predictor, tmp_path):
+    """A budget few archs meet: random search keeps drawing (no accuracy is spent on a
+    rejected draw) rather than giving up with nothing, as it once did."""
+    budget = float(predictor.predict([small.smallest()])[0]) * 1.001  # the lowest allowed
+    share = float(np.mean(predictor.predict(small.sample(20000, seed=9)) <= budget))
+    assert 0 < share < 0.01  # under 1 in 100 uniform draws meets it
+    # 5 archs in rounds of 4 draws: 30 fruitless rounds (the old stopping rule) are likely
+    cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                       budgets_ms=(budget,), algorithm="random", evaluations=5, pop_size=4)
+    res = search(cfg, tmp_path / "tight", accuracy=toy_accuracy(small),
+                 predictors={DEV: predictor}, progress=False, plots=False)
+    assert res.evaluations == 5 and res.best[budget][f"latency:{DEV}"] <= budget
+
+
+def test_a_search_that_found_nothing_finishes_empty(small, predictor, tmp_path):
+    import hwnas.search as S
+
+    cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                       budgets_ms=(1.0,), algorithm="random", evaluations=5)
+    empty = pd.DataFrame(columns=list(S.ARCHIVE_COLUMNS))
+    assert S._best_per_budget(empty, cfg) == {}
+    assert S.archive_objectives(empty, cfg.parsed_objectives).shape == (0, 2)

@@ -219,3 +219,26 @@ def test_raw_arch_is_a_plain_value():
     a = Arch(32, (2,), (3, 3), (3, 3))
     assert a == Arch(32, (2,), (3, 3), (3, 3))
     assert len({a, Arch(32, (2,), (3, 3), (3, 3))}) == 1
+
+
+def test_input_sizes_are_a_space_parameter():
+    from hwnas.space import format_resolutions, parse_resolutions
+
+    ofa = get_space("default-w1.2@128-224:4")
+    assert ofa.resolutions == tuple(range(128, 225, 4)) and ofa.name == "default-w1.2@128-224:4"
+    assert get_space(ofa.name).id == ofa.id  # the name says everything
+    assert get_space(ofa.to_dict()["name"]).to_dict() == ofa.to_dict()
+    assert ofa.id != get_space("default-w1.2").id  # another space ...
+    assert ofa.weights_id == get_space("default-w1.2").weights_id  # ... with the same weights
+    assert ofa.weights_id != get_space("default").weights_id
+    assert get_space("default@160-224:16") == get_space("default")  # the preset itself
+    assert get_space("default@156,192").resolutions == (156, 192)
+    assert ofa.arch(r=156, d=[2] * 5, k=[3] * 20, e=[3] * 20).r == 156
+    with pytest.raises(ArchError, match="'r' = 156 is not allowed"):
+        get_space("default-w1.2").arch(r=156, d=[2] * 5, k=[3] * 20, e=[3] * 20)
+    for text in ("128-224:4,260", "156,192", "1-3:1,5-9:2,20", "160-224:16"):
+        assert format_resolutions(parse_resolutions(text)) == text
+    for bad in ("default@", "default@abc", "default@224-128:4", "default@128-224:0",
+                "default@160:4", "nope@160"):
+        with pytest.raises(SpaceError, match="resolutions|unknown search space"):
+            get_space(bad)

@@ -130,9 +130,10 @@ def test_image_folder_and_cifar_binary_read(tmp_path):
         (tmp_path / "img" / c).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (20, 20), (i * 40, 10, 200)).save(tmp_path / "img" / c / f"{i}.png")
-    tr, va = image_folder(tmp_path / "img", 16)
-    assert tr.images.shape[1:] == (3, 16, 16) and len(tr) + len(va) == 6
-    assert tr.num_classes == 2
+    tr, va = image_folder(tmp_path / "img", 16, workers=0)
+    x, y = next(tr.batches(8, False))
+    assert x.shape[1:] == (3, 16, 16) and len(tr) + len(va) == 6 and len(x) == len(tr)
+    assert tr.num_classes == 2 and set(y.tolist()) <= {0, 1}
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
         rec = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 256, (4, 3072))], 1)
@@ -203,6 +204,15 @@ def test_checkpoints_are_safe_and_space_checked(small, default, data, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(TrainError, match="not a readable"):
         load_checkpoint(tmp_path / "junk.pt")
+
+    class Code:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    torch.save({"format": 1, "model": Code()}, tmp_path / "code.pt")
+    with pytest.raises(TrainError, match="beyond tensors.*never code") as refused:
+        load_checkpoint(tmp_path / "code.pt")
+    assert "weights_only" not in str(refused.value)  # never advise loading it unsafely
     assert load_supernet(res.checkpoint).space == small
 
 
