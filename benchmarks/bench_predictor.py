@@ -62,6 +62,7 @@ def _ceiling(device: str, lut_dir: str, seed: int, folds: int = 5) -> dict[str, 
 
 
 def run(args) -> Result:
+    from hwnas import encoding
     from hwnas.predictor import (LutSum, XGBoostPredictor, fit_for_device, load_predictor,
                                  transfer_to_device)
 
@@ -95,9 +96,7 @@ def run(args) -> Result:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     xgb = load_predictor(src)
     space = xgb.space
-    rng = np.random.default_rng(0)
-    lo, hi = space.bounds
-    X = np.stack([space.canonical_vector(rng.integers(lo, hi + 1)) for _ in range(10_000)])
+    X = encoding.sample(space, 10_000, np.random.default_rng(0))
     lut_rate = _throughput(LutSum(xgb.table).predict, X)
     xgb_rate = _throughput(xgb.predict, X, repeats=3)
     assert isinstance(xgb, XGBoostPredictor)

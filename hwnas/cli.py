@@ -50,16 +50,15 @@ def space_sample(
     out: Optional[Path] = typer.Option(None, help="write JSON here instead of stdout"),
 ) -> None:
     """Draw random archs; writes one JSON object (n=1) or a list."""
-    sp = get_space(space)
-    archs = [a.to_dict() for a in sp.sample(n, seed=seed)]
+    from hwnas.files import atomic_write_text
+
+    archs = [a.to_dict() for a in get_space(space).sample(n, seed=seed)]
     text = json.dumps(archs[0] if n == 1 else archs, indent=None)
     if out is None:
         print(text)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        atomic_write_text(out, text + "\n")
         console.print(f"wrote {n} arch(s) to {out}", style="green")
-
 
 @space_app.command("show")
 def space_show(
@@ -67,38 +66,21 @@ def space_show(
     space: str = typer.Option("default", help=SPACE_HELP),
 ) -> None:
     """Print an arch's name, resolution, MACs, params and its ops."""
-    from hwnas.ops import count, ops
+    from hwnas.ops import describe
 
     sp = get_space(space)
     for a in _read_archs(arch, sp):
-        c = count(a, sp)
-        console.print(f"[bold]{sp.arch_name(a)}[/bold]")
-        console.print(f"resolution {a.r}  MACs {c.macs / 1e6:.2f} M  params {c.params / 1e6:.3f} M"
-                      f"  key {a.key}")
-        table = Table("#", "op", "in", "cin", "mid", "cout", "k", "s", "e", "act", "SE", "res",
-                      "MACs (M)", "params (K)")
-        for i, op in enumerate(ops(a, sp)):
-            table.add_row(str(i), op.kind, f"{op.hw}x{op.hw}", str(op.cin), str(op.mid or ""),
-                          str(op.cout), str(op.kernel), str(op.stride), f"{op.expand:g}",
-                          op.act, str(op.se_mid or ""), "y" if op.residual else "",
-                          f"{op.macs / 1e6:.3f}", f"{op.params / 1e3:.1f}")
-        console.print(table)
-
+        _show(describe(a, sp))
 
 @space_app.command("info")
 def space_info(space: str = typer.Option("default", help=SPACE_HELP)) -> None:
     """Print the space's parameters, its size and its number of unique ops."""
-    from hwnas.ops import count, unique_ops
+    from hwnas.ops import describe_space
 
     sp = get_space(space)
-    lo, hi = count(sp.smallest(), sp), count(sp.largest(), sp)
     console.print_json(json.dumps(sp.to_dict()))
-    console.print(f"distinct networks: {sp.size():,} ({sp.size():.3e})")
-    console.print(f"unique ops (LUT rows): {len(unique_ops(sp))}")
-    console.print(f"encoding length: {sp.n_var}")
-    console.print(f"MACs {lo.macs / 1e6:.1f}-{hi.macs / 1e6:.1f} M, "
-                  f"params {lo.params / 1e6:.2f}-{hi.params / 1e6:.2f} M")
-
+    for line in describe_space(sp):
+        console.print(line)
 
 @app.command("devices")
 def devices_cmd(
@@ -107,27 +89,12 @@ def devices_cmd(
 ) -> None:
     """List device files, validate them, and say which are usable on this machine and,
     for each that is not, what is missing."""
-    from hwnas.devices import check_usable, list_device_files, load_device
+    from hwnas.devices import devices_table
 
-    paths = files or list_device_files()
-    table = Table("device", "backend", "hardware", "threads", "precision", "usable here")
-    bad = 0
-    for path in paths:
-        try:
-            dev = load_device(path)
-        except HwnasError as exc:
-            bad += 1
-            table.add_row(str(path), "", "", "", "", f"[red]invalid:[/red] {escape(str(exc))}")
-            continue
-        missing = check_usable(dev)
-        status = "[green]yes[/green]" if missing is None else \
-            f"[yellow]no:[/yellow] {escape(missing)}"
-        table.add_row(dev.name, dev.backend, dev.hardware, str(dev.threads), dev.precision,
-                      status)
-    console.print(table)
+    table, bad = devices_table(files)
+    _show(table)
     if bad:
         raise typer.Exit(2)
-
 
 @app.command("profile")
 def profile_cmd(
@@ -149,19 +116,14 @@ def profile_cmd(
     res = _int_list(resolutions, "--resolutions") if resolutions else None
     ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache)
     for label, r in (("ops", ops_res), ("subnets", sub_res)):
-        if r is None:
-            continue
-        console.print(f"{label}: {len(r.table)} rows in {r.path} ({r.measured} measured now, "
-                      f"{r.reused} already there); build {r.build_s:.1f} s, timing "
-                      f"{r.timing_s:.1f} s ({r.timed_fraction:.0%} inside timed calls)")
-        for note in r.notes:
-            console.print(f"note: {note}", style="yellow")
-
+        if r is not None:
+            console.print(r.summary(label))
+            for note in r.notes:
+                console.print(f"note: {note}", style="yellow")
 
 predictor_app = typer.Typer(no_args_is_help=True,
                             help="Fit, evaluate and transfer latency predictors.")
 app.add_typer(predictor_app, name="predictor")
-PRED_KINDS = "lut-sum, lut-linear, macs-linear, xgboost"
 
 
 @predictor_app.command("fit")
@@ -169,7 +131,7 @@ def predictor_fit(
     device: str = typer.Option(..., help="device name (reads lut/<device>.parquet and "
                                ".subnets.parquet)"),
     space: Optional[str] = typer.Option(None, help=SPACE_HELP + " (default: the LUT's)"),
-    kind: str = typer.Option("xgboost", help=f"predictor: {PRED_KINDS}"),
+    kind: PredictorKind = typer.Option("xgboost", help="the predictor to fit and save"),
     train: int = typer.Option(200, min=1, help="measured subnets used for fitting; the rest "
                               "are held out and never seen"),
     seed: int = typer.Option(0, help="seed of the train/held-out split and the models"),
@@ -180,10 +142,8 @@ def predictor_fit(
     """Fit a latency predictor on measured subnets and report it on the held-out ones."""
     from hwnas import predictor as api
 
-    report = api.fit_for_device(device, kind=kind, space=space, n_train=train, seed=seed, lut_dir=lut,
-                     out=out)
-    _print_report(report)
-
+    _show_report(api.fit_for_device(device, kind=kind, space=space, n_train=train, seed=seed,
+                                    lut_dir=lut, out=out))
 
 @predictor_app.command("eval")
 def predictor_eval(
@@ -197,8 +157,8 @@ def predictor_eval(
     """Evaluate a saved predictor on held-out measured subnets (never used in fitting)."""
     from hwnas import predictor as api
 
-    _print_report(api.evaluate_for_device(device, predictor, lut_dir=lut, allow_mismatch=allow_mismatch))
-
+    _show_report(api.evaluate_for_device(device, predictor, lut_dir=lut,
+                                         allow_mismatch=allow_mismatch))
 
 @predictor_app.command("transfer")
 def predictor_transfer(
@@ -215,20 +175,7 @@ def predictor_transfer(
     """Few-shot transfer of a fitted predictor to a new device from k measured subnets."""
     from hwnas import predictor as api
 
-    _print_report(api.transfer_to_device(source, device, k=k, seed=seed, lut_dir=lut, out=out))
-
-
-def _print_report(report) -> None:
-    table = Table("predictor", "n", "RMSE ms", "MAPE", "within ±5%", "within ±10%",
-                  "Kendall tau", "Spearman rho", title=report.title)
-    for name, m in report.rows.items():
-        table.add_row(name, str(m["n"]), f"{m['rmse_ms']:.4f}", f"{m['mape']:.2%}",
-                      f"{m['within_5pct']:.1%}", f"{m['within_10pct']:.1%}",
-                      f"{m['kendall_tau']:.3f}", f"{m['spearman_rho']:.3f}")
-    console.print(table)
-    for label, path in report.files.items():
-        console.print(f"{label}: {path}")
-
+    _show_report(api.transfer_to_device(source, device, k=k, seed=seed, lut_dir=lut, out=out))
 
 @app.command("train")
 def train_cmd(
@@ -253,28 +200,15 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
 ) -> None:
     """Train a supernet (sandwich rule + in-place distillation); runs under torchrun too."""
-    import torch
+    from hwnas.train import TrainConfig, train_from_data
 
-    from hwnas.data import load_dataset
-    from hwnas.evaluate import subnet_accuracy
-    from hwnas.train import TrainConfig, init_distributed, train
-
-    if threads:
-        torch.set_num_threads(threads)
-    rank, world = init_distributed()
-    sp = get_space(space)
-    train_set, val_set = load_dataset(data, max(sp.resolutions), seed)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
                       label_smoothing=label_smoothing, n_random=n_random, distill=distill,
                       progressive=progressive, augment=augment,
                       smallest_resolution=smallest_resolution, seed=seed)
-    res = train(sp, train_set, cfg, out)
-    if rank == 0:
-        acc = subnet_accuracy(res.net.cpu(), [sp.largest(), sp.smallest()], train_set, val_set,
-                              seed=seed)
-        console.print(f"checkpoint {res.checkpoint} after {res.epochs_done} epoch(s); top-1 "
-                      f"(BN recalibrated) largest {acc[0]:.2%}, smallest {acc[1]:.2%}")
-
+    res = train_from_data(space, data, cfg, out, threads)
+    if res.accuracy:  # rank 0 under torchrun
+        console.print(res.summary())
 
 @app.command("search")
 def search_cmd(
@@ -285,7 +219,7 @@ def search_cmd(
                                    "macs"),
     budget_ms: str = typer.Option("", help="latency budget(s) in ms on the device, e.g. "
                                   "5,10,15: one best network per budget"),
-    algo: str = typer.Option("nsga2", help="random, nsga2, nsga3, moga or nat"),
+    algo: Algorithm = typer.Option("nsga2", help="search algorithm"),
     space: str = typer.Option("default", help=SPACE_HELP),
     evaluations: int = typer.Option(200, min=2, help="accuracy evaluations to spend"),
     pop_size: int = typer.Option(40, min=4, help="population size"),
@@ -314,72 +248,24 @@ def search_cmd(
                                           "folder (its config.json wins)"),
 ) -> None:
     """Multi-objective search under latency budgets; writes runs/<id>/."""
-    from hwnas.search import SearchConfig, SearchError, search
+    from hwnas.search import SearchConfig, search
 
-    names = []
-    for name in (n.strip() for n in objectives.split(",") if n.strip()):
-        if name == "latency":
-            if not device:
-                raise SearchError("objective 'latency' needs --device (or write "
-                                  "latency:<device>)")
-            name = f"latency:{device}"
-        names.append(name)
-    if device and f"latency:{device}" not in names:
-        names.append(f"latency:{device}")
-    cfg = SearchConfig(
-        space=space, objectives=tuple(names), algorithm=algo, evaluations=evaluations,
-        budgets_ms=tuple(_float_list(budget_ms, "--budget-ms")), pop_size=pop_size,
-        budget_device=device if budget_ms and device else None, seed=seed,
-        weights=_weights(weights, device), resolutions=tuple(_int_list(resolutions,
-                                                                       "--resolutions")),
-        lut_dir=str(lut), predictors={device: str(predictor)} if device and predictor else {},
+    cfg = SearchConfig.from_flags(
+        device, objectives, _float_list(budget_ms, "--budget-ms"), weights, predictor,
+        space=space, algorithm=algo, evaluations=evaluations, pop_size=pop_size, seed=seed,
+        resolutions=tuple(_int_list(resolutions, "--resolutions")), lut_dir=str(lut),
         checkpoint=str(checkpoint) if checkpoint else None, data=data,
         accuracy_table=str(accuracy_table) if accuracy_table else None, accuracy=accuracy,
         nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
         nat_adapt_steps=nat_adapt_steps)
     res = search(cfg, resume or out, resume=resume is not None)
-    table = Table("budget", "arch", *[c for c in ("acc", *[f"latency:{d}" for d in
-                                                            [o.split(":", 1)[1] for o in
-                                                             cfg.objectives if
-                                                             o.startswith("latency:")]])],
-                  "MMACs", "params (M)", title=f"{cfg.algorithm}: best per budget "
-                  f"({res.evaluations} evaluations, {res.seconds:.0f} s)")
-    from hwnas.ops import count
-
-    sp = get_space(cfg.space)
-    for b, row in res.best.items():
-        arch = sp.arch(json.loads(row["arch"]))
-        c = count(arch, sp)
-        lat = [f"{row[k]:.3f} ms" for k in row if k.startswith("latency:")
-               and not k.endswith(":std")]
-        acc = [f"{row['acc']:.2%}"] if "acc" in cfg.objectives else ["-"]
-        table.add_row(f"{b:g} ms" if b else "-", row["name"], *acc, *lat,
-                      f"{c.macs / 1e6:.1f}", f"{c.params / 1e6:.3f}")
-    console.print(table)
-    for label, path in res.files.items():
-        console.print(f"{label}: {path}")
-
-
-def _weights(text: str, device: str | None) -> dict[str, float]:
-    out = {}
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        name, sep, value = item.partition("=")
-        try:
-            w = float(value)
-        except ValueError:
-            w = None
-        if not sep or w is None:
-            raise HwnasError(f"--weights must look like acc=1,latency=2; got {item!r}")
-        out[f"latency:{device}" if name == "latency" and device else name] = w
-    return out
-
+    _show(res.table(), notes=[f"{label}: {path}" for label, path in res.files.items()])
 
 @app.command("export")
 def export_cmd(
     arch: Path = typer.Option(..., help="arch JSON (hwnas or OFA dict, pareto.json entry) "
                               "or a search run folder (its best.json)"),
-    format: str = typer.Option("onnx,tflite", "--format", help="comma-separated: onnx, "
-                               "tflite, tensorrt"),
+    format: str = typer.Option("onnx,tflite", "--format", help="comma-separated formats"),
     out: Path = typer.Option(Path("export"), help="output folder"),
     checkpoint: Optional[Path] = typer.Option(None, help="supernet checkpoint for the weights "
                                               "(default: seeded random init)"),
@@ -402,29 +288,7 @@ def export_cmd(
     res = export(arch, out, format.split(","), space=space, checkpoint=checkpoint,
                  devices=device, fp16=fp16, int8=int8, dynamic_batch=dynamic_batch,
                  simplify=simplify, lut_dir=lut, seed=seed)
-    m = res.manifest
-    files = Table("variant", "file", "bytes", "sha256", title=f"export of {m['name']}")
-    for f in m["files"]:
-        files.add_row(f["variant"], f["file"], f"{f['bytes']:,}", f["sha256"][:16])
-    console.print(files)
-    checks = Table("variant", "against", "max abs diff", "tolerance", "ok", title="checks")
-    for c in m["checks"]:
-        tol = "report only" if c["tolerance"] is None else f"{c['tolerance']:.2g}"
-        checks.add_row(c["variant"], c["against"], f"{c['max_abs_diff']:.3g}", tol,
-                       "yes" if c["ok"] else "NO")
-    console.print(checks)
-    if m["latency"]:
-        lat = Table("device", "file", "predicted ms", "measured ms", "measured/predicted",
-                    title="latency")
-        for r in m["latency"]:
-            pred = "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}"
-            ratio = "-" if r["measured/predicted"] is None else f"{r['measured/predicted']:.3f}"
-            lat.add_row(r["device"], r["file"], pred, f"{r['measured_ms']:.3f}", ratio)
-        console.print(lat)
-    for s in m["skipped"]:
-        console.print(f"skipped {s['stage']}: {s['why']}", style="yellow")
-    console.print(f"manifest: {res.manifest_path}")
-
+    _show(*res.tables(), notes=res.notes())
 
 @app.command("evaluate")
 def evaluate_cmd(
@@ -446,14 +310,8 @@ def evaluate_cmd(
     """Top-1 and top-5 of one subnet of a supernet, BN statistics recalibrated."""
     from hwnas.evaluate import evaluate_arch
 
-    res = evaluate_arch(arch, checkpoint, data, space, calib_images, batch_size, seed,
-                        workers)
-    table = Table("arch", "resolution", "top-1", "top-5", "images", "BN calibration",
-                  "seconds", title=f"evaluation on {data}")
-    table.add_row(res.name, str(res.arch.r), f"{res.top1:.2%}", f"{res.top5:.2%}",
-                  str(res.images), f"{res.calibration_images} images", f"{res.seconds:.0f}")
-    console.print(table)
-
+    _show(evaluate_arch(arch, checkpoint, data, space, calib_images, batch_size, seed,
+                        workers).table())
 
 ofa_app = typer.Typer(no_args_is_help=True, help="Read Once-for-All's released artefacts: "
                       "supernets, specialised subnets, latency tables.")
@@ -541,34 +399,28 @@ def quickstart_cmd(
                                                  "to scale the ONNX Runtime LUT (default 8)"),
 ) -> None:
     """Profile this CPU, fit the predictor, train, search under a budget, export, measure."""
-    import dataclasses
-
     from hwnas.quickstart import NEXT_STEPS, QuickstartConfig, run
 
-    cfg = QuickstartConfig(out=str(out), budget_ms=budget_ms, seed=seed).scaled(minutes)
-    sizes = {"subnets": subnets, "train_epochs": epochs, "evaluations": evaluations,
-             "protocol_runs": runs, "protocol_rounds": rounds,
-             "tflite_subnets": tflite_subnets}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
+    cfg = QuickstartConfig.from_flags(
+        minutes, out=str(out), budget_ms=budget_ms, seed=seed, subnets=subnets,
+        train_epochs=epochs, evaluations=evaluations, protocol_runs=runs,
+        protocol_rounds=rounds, tflite_subnets=tflite_subnets)
     res = run(cfg, console)
-    table = Table("", "", title="hwnas quickstart: the chosen network")
-    table.add_row("arch", res.name)
-    table.add_row("top-1 (digits val, BN recalibrated)", f"{res.accuracy:.2%}")
-    table.add_row("MACs / params", f"{res.macs / 1e6:.2f} M / {res.params / 1e6:.3f} M")
-    table.add_row("budget", f"{res.budget_ms:.3f} ms on {cfg.device}")
-    for r in res.latency:
-        pred = "no prediction" if r.get("predicted_ms") is None else \
-            f"predicted {r['predicted_ms']:.3f} ms"
-        meas = "not measured" if r.get("measured_ms") is None else \
-            f"measured {r['measured_ms']:.3f} ms"
-        table.add_row(f"{r['device']} ({r.get('file')})", f"{pred}, {meas}")
-    table.add_row("time", ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()))
-    console.print(table)
-    files = Table("what", "where", title="files")
-    for k, v in res.files.items():
-        files.add_row(k, v)
-    console.print(files)
-    console.print(NEXT_STEPS)
+    _show(*res.tables(), notes=[NEXT_STEPS])
+
+def _show(*tables, notes: list[str] = ()) -> None:
+    """Print result tables (``hwnas.display.Table``), then lines of notes."""
+    for t in tables:
+        table = Table(*t.columns, title=t.title or None)
+        for row in t.rows:
+            table.add_row(*[escape(str(c)) for c in row])
+        console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
+
+
+def _show_report(report) -> None:
+    _show(report.table(), notes=[f"{label}: {path}" for label, path in report.files.items()])
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -597,10 +449,28 @@ def _read_archs(path: Path, sp):
         raise ArchError(f"{path}: {exc}") from None
 
 
+def command() -> typer.core.TyperGroup:
+    """The click command typer builds. Options chosen from a registry are annotated with
+    ``Literal`` types made from the registry here (typer reads the annotations only now),
+    so ``--help`` lists what exists and a wrong name is refused before any work."""
+    from typing import Literal
+
+    from hwnas.export import FORMATS
+    from hwnas.predictor import FIT_KINDS
+    from hwnas.search import ALGORITHMS
+
+    globals().update(Algorithm=Literal[tuple(ALGORITHMS.choices())],
+                     PredictorKind=Literal[tuple(FIT_KINDS)])
+    root = typer.main.get_command(app)
+    fmt = next(p for p in root.commands["export"].params if p.name == "format")
+    fmt.help = f"comma-separated, of: {', '.join(FORMATS.choices())}"
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning deliberate errors into one line and exit 2."""
     try:
-        app(args=argv)
+        command()(args=argv, prog_name="hwnas")
     except HwnasError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}",
                                                    highlight=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from hwnas.errors import BackendError
+from hwnas.files import atomic_write
 
 ONNX_OPSET = 17
 
@@ -27,20 +27,19 @@ def to_onnx(module: nn.Module, sample: torch.Tensor, path: str | Path,
             dynamic_batch: bool = False) -> Path:
     """Export to ONNX (TorchScript exporter, opset 17, one file, NCHW input ``input``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), (sample,), str(tmp), input_names=["input"],
                               output_names=["output"], opset_version=ONNX_OPSET,
                               dynamic_axes=axes, dynamo=False)
+
+    try:
+        return atomic_write(path, write)
     except Exception as exc:  # the exporter raises many types
-        tmp.unlink(missing_ok=True)
         raise BackendError(f"ONNX export failed for {path.name}: {exc}") from exc
-    os.replace(tmp, path)
-    return path
 
 
 class ChannelsLast(nn.Module):
@@ -74,22 +73,21 @@ def to_tflite(module: nn.Module, sample_nchw: torch.Tensor, path: str | Path,
         raise BackendError("converting to TFLite needs litert-torch: pip install "
                            "'hwnas[tflite-convert]'") from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     if quantize is not None:
         kwargs["quant_config"] = _quant_config(quantize)
     wrapped = ChannelsLast(module.eval()).eval()
-    tmp = path.with_name(path.name + ".partial")
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             edge = litert_torch.convert(wrapped, (nhwc(sample_nchw),), **kwargs)
             edge.export(str(tmp))
+
+    try:
+        return atomic_write(path, write)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise BackendError(f"TFLite conversion failed for {path.name}: {exc}") from exc
-    os.replace(tmp, path)
-    return path
 
 
 def _quant_config(kind: str):

@@ -11,23 +11,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 from hwnas.errors import DeviceError
 
-BACKENDS = ("torch", "onnxruntime", "tflite", "tensorrt", "adb-tflite")
+if TYPE_CHECKING:
+    from hwnas.display import Table
+
 HARDWARE = ("cpu", "cuda", "android")
 PRECISIONS = ("fp32", "fp16")
-# which hardware each backend can drive
-BACKEND_HARDWARE = {
-    "torch": ("cpu", "cuda"),
-    "onnxruntime": ("cpu", "cuda"),
-    "tflite": ("cpu", "cuda"),  # cuda: LiteRT's GPU accelerator on a desktop GPU
-    "tensorrt": ("cuda",),
-    "adb-tflite": ("android",),
-}
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
@@ -147,16 +141,20 @@ def parse_device(data: Any, where: str = "device") -> Device:
     name = _typed(where, "name", data["name"], str, "a string")
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise _fail(where, f"field 'name' must be a file-safe word, got {name!r}")
+    from hwnas.backends import BACKENDS
+
     backend = data["backend"]
-    if backend not in BACKENDS:
-        raise _fail(where, f"field 'backend' = {backend!r} is not known; allowed: {list(BACKENDS)}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise _fail(where, f"field 'backend' = {backend!r} is not known; allowed: "
+                           f"{BACKENDS.choices()}")
     hardware = data["hardware"]
     if hardware not in HARDWARE:
         raise _fail(where, f"field 'hardware' = {hardware!r} is not known; allowed: "
                            f"{list(HARDWARE)}")
-    if hardware not in BACKEND_HARDWARE[backend]:
+    runs_on = BACKENDS.get(backend).hardware
+    if hardware not in runs_on:
         raise _fail(where, f"backend {backend!r} cannot run on hardware {hardware!r}; it runs on "
-                           f"{list(BACKEND_HARDWARE[backend])}")
+                           f"{list(runs_on)}")
     threads = _typed(where, "threads", data.get("threads", 1), int, "an integer")
     if threads < 1:
         raise _fail(where, f"field 'threads' must be >= 1, got {threads}")
@@ -285,3 +283,23 @@ def fingerprint_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key)!r} vs {b.get(key)!r}")
     return out
+
+
+def devices_table(paths: Sequence[str | Path] | None = None) -> tuple["Table", int]:
+    """Every device file (default: those in ``devices/``), validated, with whether it is
+    usable on this machine and, if not, what is missing; and how many were invalid."""
+    from hwnas.display import Table
+
+    table = Table("", ["device", "backend", "hardware", "threads", "precision", "usable here"])
+    bad = 0
+    for path in paths or list_device_files():
+        try:
+            dev = load_device(path)
+        except DeviceError as exc:
+            bad += 1
+            table.rows.append([str(path), "", "", "", "", f"invalid: {exc}"])
+            continue
+        missing = check_usable(dev)
+        table.rows.append([dev.name, dev.backend, dev.hardware, str(dev.threads), dev.precision,
+                           "yes" if missing is None else f"no: {missing}"])
+    return table, bad

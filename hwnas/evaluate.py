@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hwnas.data import Dataset, model_input
+from hwnas.display import Table
 from hwnas.space import Arch
 from hwnas.supernet import Supernet
 
@@ -136,6 +137,14 @@ class Evaluation:
     images: int
     calibration_images: int
     seconds: float
+    data: str = ""
+
+    def table(self) -> Table:
+        return Table(f"evaluation on {self.data}", ["arch", "resolution", "top-1", "top-5",
+                                                    "images", "BN calibration", "seconds"],
+                     [[self.name, str(self.arch.r), f"{self.top1:.2%}", f"{self.top5:.2%}",
+                       str(self.images), f"{self.calibration_images} images",
+                       f"{self.seconds:.0f}"]])
 
 
 def evaluate_arch(arch, checkpoint: str | Path, data: str, space: str | None = None,
@@ -146,9 +155,8 @@ def evaluate_arch(arch, checkpoint: str | Path, data: str, space: str | None = N
     validation split of ``data``."""
     import time
 
-    from rich.progress import Progress
-
     from hwnas.data import load_dataset
+    from hwnas.display import progress as progress_bar
     from hwnas.errors import HwnasError
     from hwnas.export import read_arch, space_for
     from hwnas.train import load_supernet
@@ -166,7 +174,7 @@ def evaluate_arch(arch, checkpoint: str | Path, data: str, space: str | None = N
                          f"{sp.name!r} has {sp.num_classes}")
     calib = Calibration(train, calib_images, batch_size, seed)
     subnet = net.subnet(a)
-    with Progress(disable=not progress, transient=False) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"BN calibration ({len(calib)} images)", total=len(calib))
 
         def counted(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -179,4 +187,4 @@ def evaluate_arch(arch, checkpoint: str | Path, data: str, space: str | None = N
         acc = top_k(subnet, val, a.r, batch_size, (1, 5),
                     progress=lambda n: bar.advance(task, n))
     return Evaluation(a, sp.arch_name(a), acc[1], acc[5], len(val), len(calib),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, data)

@@ -17,7 +17,6 @@ logits' range, since fp16/int8 weights cannot match to 1e-3.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.display import Table
+from hwnas.display import progress as progress_bar
 from hwnas.errors import ArchError, HwnasError, read_json
+from hwnas.files import atomic_write, atomic_write_json, atomic_write_text, json_default
+from hwnas.registry import Registry
 from hwnas.space import Arch, SearchSpace, get_space
 
-FORMATS = ("onnx", "tflite", "tensorrt")
 # variant -> (absolute tolerance, tolerance relative to the reference's max |logit|);
 # None: reported, and only non-finite or mis-shaped outputs fail (dynamic-range int8 on an
 # untrained net can differ by most of the logits' range; judge it by accuracy instead)
@@ -63,6 +65,31 @@ class ExportResult:
     @property
     def ok(self) -> bool:
         return self.manifest.get("status") == "ok"
+
+    def tables(self) -> list[Table]:
+        """Files, checks and (when measured) latency, as ``hwnas export`` prints them."""
+        m = self.manifest
+        files = Table(f"export of {m['name']}", ["variant", "file", "bytes", "sha256"],
+                      [[f["variant"], f["file"], f"{f['bytes']:,}", f["sha256"][:16]]
+                       for f in m["files"]])
+        checks = Table("checks", ["variant", "against", "max abs diff", "tolerance", "ok"],
+                       [[c["variant"], c["against"], f"{c['max_abs_diff']:.3g}",
+                         "report only" if c["tolerance"] is None else f"{c['tolerance']:.2g}",
+                         "yes" if c["ok"] else "NO"] for c in m["checks"]])
+        out = [files, checks]
+        if m["latency"]:
+            out.append(Table("latency", ["device", "file", "predicted ms", "measured ms",
+                                         "measured/predicted"], [
+                [r["device"], r["file"],
+                 "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}",
+                 f"{r['measured_ms']:.3f}",
+                 "-" if r["measured/predicted"] is None else f"{r['measured/predicted']:.3f}"]
+                for r in m["latency"]]))
+        return out
+
+    def notes(self) -> list[str]:
+        return [f"skipped {s['stage']}: {s['why']}" for s in self.manifest["skipped"]] + \
+            [f"manifest: {self.manifest_path}"]
 
 
 # ------------------------------------------------------------------------ inputs
@@ -272,17 +299,47 @@ class _Manifest:
         self.write()
 
     def write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=_plain) + "\n")
-        tmp.replace(self.path)
+        atomic_write_json(self.path, self.doc, indent=2, default=json_default)
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return str(v)
+@dataclass
+class ExportJob:
+    """One export in progress: what its stages share and add to."""
+
+    arch: Arch
+    space: SearchSpace
+    module: nn.Module
+    reference: Callable[[np.ndarray], np.ndarray]
+    inputs: list[tuple[str, np.ndarray]]
+    out: Path
+    manifest: "_Manifest"
+    fp16: bool = False
+    int8: bool = False
+    dynamic_batch: bool = False
+    simplify: bool = True
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (1, self.space.in_channels, self.arch.r, self.arch.r)
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return torch.from_numpy(self.inputs[0][1])
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """How one format is produced: ``run(job)`` writes and verifies its file(s);
+    ``needs``: formats it is made from; ``variants(job)``: the files it makes."""
+
+    run: Callable[[ExportJob], None]
+    needs: tuple[str, ...] = ()
+    variants: Callable[[ExportJob], list[str]] = lambda job: [""]
+
+
+# Export formats by name, in the order they are produced.
+FORMATS: Registry = Registry("export format", lambda m: ExportError("arch", m))
 
 
 def export(arch: Arch | dict | str | Path, out_dir: str | Path,
@@ -316,33 +373,21 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
         "input_layout": {"onnx": "NCHW", "tflite": "NHWC", "tensorrt": "NCHW"},
         "weights": str(checkpoint) if checkpoint else f"random init (seed {seed})",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    (out / "arch.json").write_text(a.to_json() + "\n")
-    files: dict[str, Path] = {}
+    atomic_write_text(out / "arch.json", a.to_json() + "\n")
     try:
         man.stage("weights")
         module = build_subnet(a, sp, checkpoint, seed)
-        ref = _torch_ref(module)
-        inputs = verification_inputs(a, sp, seed)
-        shape = (1, sp.in_channels, a.r, a.r)
-        sample = torch.from_numpy(inputs[0][1])
-        from rich.progress import Progress
-
-        steps = len(formats) + len(devs) + int(fp16) + int(int8)
-        with Progress(disable=not progress, transient=False) as bar:
+        job = ExportJob(a, sp, module, _torch_ref(module), verification_inputs(a, sp, seed),
+                        out, man, fp16, int8, dynamic_batch, simplify)
+        run = [f for f in FORMATS if f in formats
+               or any(f in FORMATS.get(g).needs for g in formats)]
+        steps = sum(len(FORMATS.get(f).variants(job)) for f in run) + len(devs)
+        with progress_bar(progress) as bar:
             task = bar.add_task("export", total=steps)
-            if "onnx" in formats or "tensorrt" in formats:
-                _export_onnx(man, module, sample, out, dynamic_batch, simplify, ref, inputs,
-                             files)
-                bar.advance(task)
-            if "tflite" in formats:
-                variants = ["tflite"] + ["tflite-fp16"] * fp16 + ["tflite-int8"] * int8
-                for v in variants:
-                    bar.update(task, description=f"export {v}")
-                    _export_tflite(man, v, module, sample, shape, out, ref, inputs, files)
-                    bar.advance(task)
-            if "tensorrt" in formats:
-                _export_tensorrt(man, files["onnx"], shape, out, fp16, inputs, files)
-                bar.advance(task)
+            for f in run:
+                bar.update(task, description=f"export {f}")
+                FORMATS.get(f).run(job)
+                bar.advance(task, len(FORMATS.get(f).variants(job)))
             for d in devs:
                 bar.update(task, description=f"measure {d.name}")
                 problem = check_usable(d)
@@ -350,8 +395,7 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
                     man.doc["skipped"].append({"stage": f"measure {d.name}", "why": problem})
                 elif measure:
                     man.stage(f"measure {d.name}")
-                    man.doc["latency"].append(_measure(d, a, sp, module, files, shape, out,
-                                                       lut_dir))
+                    man.doc["latency"].append(_measure(d, job, lut_dir))
                 bar.advance(task)
     except ExportError as exc:
         man.doc.update(status="failed", error=str(exc), failed_stage=exc.stage)
@@ -364,7 +408,7 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
         raise ExportError(stage, str(exc)) from None
     man.doc.update(status="ok", stage="done")
     man.write()
-    return ExportResult(out, man.path, man.doc, files)
+    return ExportResult(out, man.path, man.doc, job.files)
 
 
 def _check_formats(formats: Sequence[str] | str) -> list[str]:
@@ -373,7 +417,7 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
         raise ExportError("arch", f"unknown format(s) {bad or items}; allowed: "
-                                  f"{', '.join(FORMATS)}")
+                                  f"{', '.join(FORMATS.choices())}")
     return items
 
 
@@ -383,50 +427,64 @@ def _device_format(device) -> str | None:
     return get_backend_class(device.backend).file_format
 
 
-def _export_onnx(man, module, sample, out, dynamic_batch, simplify, ref, inputs, files):
+def export_onnx(job: ExportJob) -> None:
+    """``model.onnx``: exported, simplified, checked, compared with PyTorch."""
+    man, path = job.manifest, job.out / "model.onnx"
     man.stage("onnx export")
-    path = out / "model.onnx"
     t = time.perf_counter()
-    info = onnx_file(module, sample, path, dynamic_batch, simplify)
-    files["onnx"] = path
+    info = onnx_file(job.module, job.sample, path, job.dynamic_batch, job.simplify)
+    job.files["onnx"] = path
     man.doc["files"].append({**file_record(path, "onnx", "onnx"), **info,
                              "export_s": time.perf_counter() - t})
     man.stage("onnx verify")
     run = onnx_runner(path)
     man.doc["checks"].append({"format": "onnx", "against": "pytorch",
-                              **compare("onnx", run, ref, inputs, "onnx verify")})
-    if dynamic_batch:  # one batch of every input at once
-        batch = np.concatenate([x for _, x in inputs])
+                              **compare("onnx", run, job.reference, job.inputs, "onnx verify")})
+    if job.dynamic_batch:  # one batch of every input at once
+        batch = np.concatenate([x for _, x in job.inputs])
         man.doc["checks"].append({"format": "onnx", "against": "pytorch", **compare(
-            "onnx", run, ref, [("batch", batch)], "onnx verify")})
+            "onnx", run, job.reference, [("batch", batch)], "onnx verify")})
 
 
-def _export_tflite(man, variant, module, sample, shape, out, ref, inputs, files):
+def _tflite_variants(job: ExportJob) -> list[str]:
+    return ["tflite"] + ["tflite-fp16"] * job.fp16 + ["tflite-int8"] * job.int8
+
+
+def export_tflite(job: ExportJob) -> None:
+    """``model.tflite`` (and fp16 / int8 variants), each compared with PyTorch."""
     from hwnas.convert import to_tflite
 
-    quant = {"tflite": None, "tflite-fp16": "fp16", "tflite-int8": "int8-dynamic"}[variant]
-    path = out / ("model.tflite" if quant is None else f"model-{variant.split('-')[1]}.tflite")
-    man.stage(f"{variant} export")
-    t = time.perf_counter()
-    try:
-        to_tflite(module, sample, path, quantize=quant)
-    except HwnasError as exc:
-        raise ExportError(f"{variant} export", str(exc)) from None
-    files[variant] = path
-    man.doc["files"].append({**file_record(path, "tflite", variant),
-                             "export_s": time.perf_counter() - t})
-    man.stage(f"{variant} verify")
-    run = tflite_runner(path, shape)
-    man.doc["checks"].append({"format": "tflite", "against": "pytorch",
-                              **compare(variant, run, ref, inputs, f"{variant} verify")})
+    man = job.manifest
+    for variant in _tflite_variants(job):
+        quant = {"tflite": None, "tflite-fp16": "fp16", "tflite-int8": "int8-dynamic"}[variant]
+        path = job.out / ("model.tflite" if quant is None
+                          else f"model-{variant.split('-')[1]}.tflite")
+        man.stage(f"{variant} export")
+        t = time.perf_counter()
+        try:
+            to_tflite(job.module, job.sample, path, quantize=quant)
+        except HwnasError as exc:
+            raise ExportError(f"{variant} export", str(exc)) from None
+        job.files[variant] = path
+        man.doc["files"].append({**file_record(path, "tflite", variant),
+                                 "export_s": time.perf_counter() - t})
+        man.stage(f"{variant} verify")
+        run = tflite_runner(path, job.shape)
+        man.doc["checks"].append({"format": "tflite", "against": "pytorch", **compare(
+            variant, run, job.reference, job.inputs, f"{variant} verify")})
 
 
-def _export_tensorrt(man, onnx_path, shape, out, fp16, inputs, files):
+def export_tensorrt(job: ExportJob) -> None:
+    """TensorRT engines built from ``model.onnx``, compared with ONNX Runtime (skipped,
+    saying why, where TensorRT or CUDA is missing)."""
     import dataclasses
 
     from hwnas.backends.tensorrt import TensorRTBackend
     from hwnas.devices import load_device
 
+    man, onnx_path, shape, out, fp16 = (job.manifest, job.files["onnx"], job.shape, job.out,
+                                        job.fp16)
+    inputs, files = job.inputs, job.files
     base = load_device("cuda-tensorrt")
     problem = TensorRTBackend.check(base)
     if problem:
@@ -445,7 +503,7 @@ def _export_tensorrt(man, onnx_path, shape, out, fp16, inputs, files):
         except HwnasError as exc:
             raise ExportError(f"{variant} build", str(exc)) from None
         path = out / ("model.engine" if precision == "fp32" else "model-fp16.engine")
-        path.write_bytes(engine)
+        atomic_write(path, lambda tmp: tmp.write_bytes(engine))
         files[variant] = path
         man.doc["files"].append(file_record(path, "tensorrt", variant))
         man.stage(f"{variant} verify")
@@ -453,10 +511,16 @@ def _export_tensorrt(man, onnx_path, shape, out, fp16, inputs, files):
             variant, runner.infer, ort_run, inputs, f"{variant} verify")})
 
 
-def _measure(device, arch: Arch, space: SearchSpace, module, files, shape, out, lut_dir
-             ) -> dict[str, Any]:
+FORMATS.register("onnx", ExportFormat(export_onnx))
+FORMATS.register("tflite", ExportFormat(export_tflite, variants=_tflite_variants))
+FORMATS.register("tensorrt", ExportFormat(export_tensorrt, needs=("onnx",)))
+
+
+def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
     """Time the exported file the device runs (the module itself on torch devices) with
     the profiling protocol, next to the device's predicted latency."""
+    arch, space, module, files, shape, out = (job.arch, job.space, job.module, job.files,
+                                              job.shape, job.out)
     from hwnas.backends import get_backend
     from hwnas.profile import pinned, time_runner
 
@@ -483,24 +547,13 @@ def _measure(device, arch: Arch, space: SearchSpace, module, files, shape, out, 
 def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path
                     ) -> tuple[float | None, str]:
     """The device's saved predictor's estimate, else its LUT sum, else (None, why)."""
-    from hwnas.errors import LutError
-    from hwnas.lut import LatencyTable, table_paths
-    from hwnas.predictor import PredictorError, default_predictor_path, load_predictor
+    from hwnas.predictor import PredictorError, device_predictor
 
-    path = default_predictor_path(device, lut_dir)
-    if path.exists():
-        try:
-            p = load_predictor(path, space=space)
-            return float(np.asarray(p.predict([arch]))[0]), f"{p.kind} ({path})"
-        except (PredictorError, LutError) as exc:
-            return None, f"predictor unusable: {exc}"
-    op_path, _ = table_paths(device, lut_dir)
-    if op_path.exists():
-        try:
-            return float(LatencyTable.load(op_path, space).predict(arch)), f"lut-sum ({op_path})"
-        except LutError as exc:
-            return None, f"LUT unusable: {exc}"
-    return None, f"no predictor or LUT for {device} in {lut_dir}"
+    try:
+        pred, how = device_predictor(device, space, lut_dir, lut_sum_fallback=True)
+        return float(np.asarray(pred.predict([arch]))[0]), how
+    except (PredictorError, HwnasError) as exc:
+        return None, f"no prediction: {exc}"
 
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",

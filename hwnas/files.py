@@ -50,6 +50,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def json_default(v: Any) -> Any:
+    """JSON for numpy scalars (``json.dumps(..., default=json_default)``); other objects
+    are written as their string."""
+    import numpy as np
+
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
 def atomic_write_json(path: str | Path, obj: Any, **dump: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, **dump) + "\n")
 
@@ -84,4 +96,4 @@ def load_tensors(path: str | Path, error: type[Exception], what: str = "checkpoi
 
 
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "load_tensors"]
+           "json_default", "load_tensors"]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from torch import nn
 
 from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv
 from hwnas.space import Arch, SearchSpace, _conv_out, _num
+
+if TYPE_CHECKING:
+    from hwnas.display import Table
 
 OP_KINDS = ("stem", "first", "mbconv", "final_expand", "feature_mix", "classifier")
 
@@ -281,3 +284,31 @@ def count(arch: Arch, space: SearchSpace) -> Counts:
     """MACs and params of one arch."""
     macs, params = count_batch([arch], space)[0]
     return Counts(int(macs), int(params))
+
+
+def describe(arch: Arch, space: SearchSpace) -> Table:
+    """An arch as ``hwnas space show`` prints it: name, resolution, MACs, params, ops."""
+    from hwnas.display import Table
+
+    c = count(arch, space)
+    table = Table(f"{space.arch_name(arch)}\nresolution {arch.r}  MACs {c.macs / 1e6:.2f} M  "
+                  f"params {c.params / 1e6:.3f} M  key {arch.key}",
+                  ["#", "op", "in", "cin", "mid", "cout", "k", "s", "e", "act", "SE", "res",
+                   "MACs (M)", "params (K)"])
+    for i, op in enumerate(ops(arch, space)):
+        table.rows.append([str(i), op.kind, f"{op.hw}x{op.hw}", str(op.cin), str(op.mid or ""),
+                           str(op.cout), str(op.kernel), str(op.stride), f"{op.expand:g}",
+                           op.act, str(op.se_mid or ""), "y" if op.residual else "",
+                           f"{op.macs / 1e6:.3f}", f"{op.params / 1e3:.1f}"])
+    return table
+
+
+def describe_space(space: SearchSpace) -> list[str]:
+    """What ``hwnas space info`` prints after the parameters: size, unique ops, encoding
+    length, MACs and params from the smallest to the largest network."""
+    lo, hi = count(space.smallest(), space), count(space.largest(), space)
+    return [f"distinct networks: {space.size():,} ({space.size():.3e})",
+            f"unique ops (LUT rows): {len(unique_ops(space))}",
+            f"encoding length: {space.n_var}",
+            f"MACs {lo.macs / 1e6:.1f}-{hi.macs / 1e6:.1f} M, "
+            f"params {lo.params / 1e6:.2f}-{hi.params / 1e6:.2f} M"]

@@ -3,8 +3,13 @@
 A LUT sum misses what happens between ops (fusion, caches, per-call overhead). Each
 predictor here has one interface, in scikit-learn's spirit:
 
-``fit(archs, latencies_ms)`` → self, ``predict(archs)`` → ms (batched, vectorised),
-``predict_with_uncertainty(archs)`` → (ms, std ms), ``save(path)``, ``load(path)``.
+``Predictor(table, **params)`` (parameters validated there; the table is a parameter, the
+op costs the model builds on, not training data), ``fit(archs, latencies_ms)`` → self,
+``predict(archs)`` → ms (batched, vectorised), ``predict_with_uncertainty(archs)`` → (ms,
+std ms), ``score(archs, ms)`` → one number (the share within ±10%), ``metrics(archs, ms)``
+→ the full report, ``get_params()``, ``save(path)`` and :func:`load_predictor`, which
+rebuilds through ``__init__`` with the saved parameters. Kinds are registered by name in
+:data:`PREDICTORS`.
 
 * :class:`LutSum` – the table alone.
 * :class:`LutLinear` – the table sum with a fitted scale and offset.
@@ -26,14 +31,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.errors import HwnasError, LutError, check_settings, read_json
+from hwnas.files import atomic_write_text
 from hwnas.lut import LatencyTable
 from hwnas.ops import count_batch, encode_batch, sum_over_archs
+from hwnas.registry import Registry
 from hwnas.space import Arch, SearchSpace
+
+if TYPE_CHECKING:
+    from hwnas.display import Table
 
 FORMAT_VERSION = 1
 
@@ -170,9 +180,31 @@ class Predictor:
         p = self._predict(X)
         return p, np.zeros_like(p)
 
-    def score(self, archs, latencies_ms) -> dict[str, float]:
+    def metrics(self, archs, latencies_ms) -> dict[str, float]:
+        """The full report against measurements: RMSE, MAPE, ±5%/±10%, Kendall, Spearman."""
         X = _as_X(archs, self.space)
         return metrics(self.predict(X), _as_y(latencies_ms, len(X)))
+
+    def score(self, archs, latencies_ms) -> float:
+        """One number, higher is better: the share of archs predicted within ±10%."""
+        return self.metrics(archs, latencies_ms)["within_10pct"]
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters besides the table (saved, and restored through
+        ``__init__`` by :func:`load_predictor`)."""
+        return {}
+
+    @classmethod
+    def _from_file(cls, table: LatencyTable | None, space: SearchSpace,
+                   params: dict[str, Any], state: dict[str, Any], path: Path) -> "Predictor":
+        """A predictor of this kind built from a file's parameters (state not restored)."""
+        return cls(table, **params)
+
+    @classmethod
+    def _from_old_file(cls, table: LatencyTable | None, space: SearchSpace,
+                       state: dict[str, Any], path: Path) -> "Predictor":
+        """A predictor from a file written before parameters were saved."""
+        return cls._from_file(table, space, {}, state, path)
 
     # ----------------------------------------------------------------- persistence
     def _state(self, path: Path) -> dict[str, Any]:
@@ -196,11 +228,8 @@ class Predictor:
                "space": self.space.to_dict(), "space_id": self.space.id,
                "fingerprint": self.fingerprint, "lut": lut, "train_hash": self.train_hash,
                "train_metrics": self.train_metrics, "extra": self.extra,
-               "state": self._state(path)}
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
-        tmp.replace(path)
-        return path
+               "params": self.get_params(), "state": self._state(path)}
+        return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
 
 def load_predictor(path: str | Path, table: LatencyTable | None = None,
@@ -220,7 +249,7 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
         raise PredictorError(f"{path}: format version {doc.get('format_version')!r}, this hwnas "
                              f"reads {FORMAT_VERSION}")
     kind = doc.get("kind")
-    if kind not in PREDICTORS:
+    if not isinstance(kind, str) or kind not in PREDICTORS:
         raise PredictorError(f"{path}: unknown predictor kind {kind!r}; known: "
                              f"{sorted(PREDICTORS)}")
     file_space = SearchSpace.from_dict(doc["space"])
@@ -240,14 +269,24 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
             table = LatencyTable.load(path.parent / doc["lut"], file_space)
         except LutError as exc:
             raise PredictorError(f"{path}: its lookup table cannot be opened: {exc}") from None
-    cls = PREDICTORS[kind]
-    pred = cls.__new__(cls)
-    Predictor.__init__(pred, table, file_space)
+    state = doc.get("state") or {}
+    if not isinstance(state, dict):
+        raise PredictorError(f"{path}: 'state' must be an object")
+    params = doc.get("params")
+    try:
+        pred = PREDICTORS.get(kind)._from_file(table, file_space, params, state, path) \
+            if params is not None else PREDICTORS.get(kind)._from_old_file(
+                table, file_space, state, path)
+        pred._restore(state, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, PredictorError):
+            raise
+        raise PredictorError(f"{path}: its {kind} model cannot be read ({type(exc).__name__}:"
+                             f" {exc})") from None
     pred.fitted = True
     pred.train_hash = doc.get("train_hash")
     pred.train_metrics = doc.get("train_metrics") or {}
     pred.extra = doc.get("extra") or {}
-    pred._restore(doc.get("state") or {}, path)
     return pred
 
 
@@ -275,8 +314,19 @@ class LutLinear(Predictor):
 
     def __init__(self, table: LatencyTable, offset: bool = True) -> None:
         super().__init__(table)
+        if not isinstance(offset, bool):
+            raise PredictorError(f"LutLinear offset={offset!r} is not allowed; must be True "
+                                 f"or False")
         self.offset = offset
         self.coef = (1.0, 0.0)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"offset": self.offset}
+
+    @classmethod
+    def _from_old_file(cls, table, space, state, path):
+        # older files did not save ``offset``; a scale-only fit left an offset of exactly 0
+        return cls(table, offset=float(state["coef"][1]) != 0.0)
 
     def _fit(self, X, y) -> None:
         s = self.table.predict(X)
@@ -305,6 +355,10 @@ class MacsLinear(Predictor):
                  ) -> None:
         super().__init__(table, space)
         self.coef = (0.0, 0.0)
+
+    @classmethod
+    def _from_file(cls, table, space, params, state, path):
+        return cls(table, space, **params)
 
     def _macs(self, X):
         return count_batch(X, self.space)[:, 0] / 1e6
@@ -346,6 +400,60 @@ class XGBParams:
                        PredictorError, "XGBoost parameter", self)
 
 
+class TreeEnsemble:
+    """Boosted-tree models (XGBoost's ``train``) fitted with consecutive seeds, each on all
+    rows or on its own subset (bagging); the members' spread is the uncertainty. The one
+    ensemble behind :class:`XGBoostPredictor` and NAT's accuracy surrogate. Serialised as
+    XGBoost's own JSON models, never pickle."""
+
+    def __init__(self, params: Mapping[str, Any], rounds: int, members: int = 1,
+                 seed: int = 0, feature_names: Sequence[str] | None = None) -> None:
+        if rounds < 1 or members < 1:
+            raise PredictorError(f"a tree ensemble needs rounds and members >= 1, got "
+                                 f"{rounds} and {members}")
+        self.params, self.rounds, self.members = dict(params), int(rounds), int(members)
+        self.seed = int(seed)
+        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.boosters: list[Any] = []
+
+    def fit(self, F: np.ndarray, y: np.ndarray,
+            subsets: Sequence[np.ndarray] | None = None) -> "TreeEnsemble":
+        """Fit member i (seed ``seed + i``) on ``F[subsets[i]]`` (all rows by default)."""
+        import xgboost as xgb
+
+        whole = None
+        self.boosters = []
+        for i in range(self.members):
+            if subsets is None:
+                if whole is None:
+                    whole = xgb.DMatrix(F, label=y, feature_names=self.feature_names)
+                data = whole
+            else:
+                idx = subsets[i]
+                data = xgb.DMatrix(F[idx], label=y[idx], feature_names=self.feature_names)
+            self.boosters.append(xgb.train({**self.params, "seed": self.seed + i}, data,
+                                           num_boost_round=self.rounds))
+        return self
+
+    def predict_members(self, F: np.ndarray) -> np.ndarray:
+        """Each member's predictions, [members, n]."""
+        return np.stack([b.inplace_predict(F) for b in self.boosters])
+
+    def to_json(self) -> list[dict]:
+        return [json.loads(b.save_raw("json")) for b in self.boosters]
+
+    def load_json(self, models: Sequence[Mapping]) -> "TreeEnsemble":
+        import xgboost as xgb
+
+        self.boosters = []
+        for model in models:
+            b = xgb.Booster()
+            b.load_model(bytearray(json.dumps(model).encode()))
+            b.set_param({"nthread": 1})
+            self.boosters.append(b)
+        return self
+
+
 class XGBoostPredictor(Predictor):
     """Boosted trees predicting measured / LUT sum from arch and LUT features."""
 
@@ -359,29 +467,32 @@ class XGBoostPredictor(Predictor):
             raise PredictorError(f"unknown XGBoost parameter: {exc}; allowed: "
                                  f"{list(XGBParams.__dataclass_fields__)}") from None
         self.features = Features(table)
-        self.boosters: list[Any] = []
+        self.trees = self._ensemble()
 
-    def _booster_params(self, seed: int) -> dict[str, Any]:
+    def _ensemble(self) -> TreeEnsemble:
         p = self.params
-        return {"objective": "reg:squarederror", "max_depth": p.max_depth, "eta": p.learning_rate,
-                "subsample": p.subsample, "colsample_bytree": p.colsample, "seed": seed,
-                "nthread": 1, "tree_method": "hist", "verbosity": 0}
+        return TreeEnsemble({"objective": "reg:squarederror", "max_depth": p.max_depth,
+                             "eta": p.learning_rate, "subsample": p.subsample,
+                             "colsample_bytree": p.colsample, "nthread": 1,
+                             "tree_method": "hist", "verbosity": 0},
+                            p.n_estimators, p.ensemble, p.seed, self.features.names)
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self.params.__dict__)
+
+    @classmethod
+    def _from_old_file(cls, table, space, state, path):
+        return cls(table, **state["params"])
 
     def _fit(self, X, y) -> None:
-        import xgboost as xgb
-
         F, s = self.features(X)
-        target = y / s
-        dtrain = xgb.DMatrix(F, label=target, feature_names=self.features.names)
-        self.boosters = [xgb.train(self._booster_params(self.params.seed + i), dtrain,
-                                   num_boost_round=self.params.n_estimators)
-                         for i in range(self.params.ensemble)]
+        self.trees.fit(F, y / s)
 
     def _ratios(self, X, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each ensemble member's predicted ratio to the LUT sum, and the LUT sum (from
         ``features``, by default this predictor's own LUT)."""
         F, s = (features or self.features)(X)
-        return np.stack([b.inplace_predict(F) for b in self.boosters]), s
+        return self.trees.predict_members(F), s
 
     def _predict(self, X):
         ratios, s = self._ratios(X)
@@ -393,21 +504,12 @@ class XGBoostPredictor(Predictor):
 
     def _state(self, path):
         return {"params": self.params.__dict__, "feature_names": self.features.names,
-                "models": [json.loads(b.save_raw("json")) for b in self.boosters]}
+                "models": self.trees.to_json()}
 
     def _restore(self, state, path):
-        import xgboost as xgb
-
-        self.params = XGBParams(**state["params"])
-        self.features = Features(self.table)
         if state["feature_names"] != self.features.names:
             raise PredictorError(f"{path}: feature names differ from this hwnas's")
-        self.boosters = []
-        for model in state["models"]:
-            b = xgb.Booster()
-            b.load_model(bytearray(json.dumps(model).encode()))
-            b.set_param({"nthread": 1})
-            self.boosters.append(b)
+        self.trees.load_json(state["models"])
 
 
 class TransferPredictor(Predictor):
@@ -454,34 +556,35 @@ class TransferPredictor(Predictor):
         return {"coef": list(self.coef), "base": self.base._state(path),
                 "base_fingerprint": self.base.fingerprint}
 
-    def _restore(self, state, path):
-        self.coef = tuple(state["coef"])
-        base = XGBoostPredictor.__new__(XGBoostPredictor)
-        Predictor.__init__(base, self.table, self.space)
+    @classmethod
+    def _from_file(cls, table, space, params, state, path):
+        base = XGBoostPredictor(table, **state["base"]["params"])
         base._restore(state["base"], path)
         base.fitted = True
-        self.base = base
-        self.features = Features(self.table)
+        return cls(base, table, **params)
+
+    def _restore(self, state, path):
+        self.coef = tuple(state["coef"])
 
 
-PREDICTORS: dict[str, type[Predictor]] = {
-    "lut-sum": LutSum, "lut-linear": LutLinear, "macs-linear": MacsLinear,
-    "xgboost": XGBoostPredictor, "transfer": TransferPredictor,
-}
+# Predictor kinds by name (what files record and ``--kind`` chooses from).
+PREDICTORS: Registry = Registry("predictor", PredictorError)
+for _cls in (LutSum, LutLinear, MacsLinear, XGBoostPredictor, TransferPredictor):
+    PREDICTORS.register(_cls.kind, _cls)
+# What ``hwnas predictor fit`` fits from a table and measured subnets (transfer needs a base).
+FIT_KINDS = ("lut-sum", "lut-linear", "macs-linear", "xgboost")
 
 
 def make_predictor(kind: str, table: LatencyTable, **params: Any) -> Predictor:
     """A predictor by name: lut-sum, lut-linear, macs-linear, xgboost."""
     if kind == "transfer":
         raise PredictorError("make a transfer predictor with TransferPredictor(base, table)")
+    if kind not in FIT_KINDS:
+        raise PredictorError(f"unknown predictor {kind!r}; known: {sorted(FIT_KINDS)}")
     try:
-        cls = PREDICTORS[kind]
-    except KeyError:
-        raise PredictorError(f"unknown predictor {kind!r}; known: "
-                             f"{sorted(k for k in PREDICTORS if k != 'transfer')}") from None
-    if params and cls is not XGBoostPredictor:
-        raise PredictorError(f"predictor {kind!r} takes no parameters, got {sorted(params)}")
-    return cls(table, **params) if cls is XGBoostPredictor else cls(table)
+        return PREDICTORS.create(kind, table, **params)
+    except TypeError as exc:
+        raise PredictorError(f"predictor {kind!r}: {exc}") from None
 
 
 def split_subnets(keys: Sequence[str], n_train: int, seed: int = 0
@@ -535,6 +638,17 @@ class Report:
     rows: dict[str, dict[str, float]]
     files: dict[str, str]
 
+    def table(self) -> "Table":
+        from hwnas.display import Table
+
+        table = Table(self.title, ["predictor", "n", "RMSE ms", "MAPE", "within ±5%",
+                                   "within ±10%", "Kendall tau", "Spearman rho"])
+        for name, m in self.rows.items():
+            table.rows.append([name, str(m["n"]), f"{m['rmse_ms']:.4f}", f"{m['mape']:.2%}",
+                               f"{m['within_5pct']:.1%}", f"{m['within_10pct']:.1%}",
+                               f"{m['kendall_tau']:.3f}", f"{m['spearman_rho']:.3f}"])
+        return table
+
 
 def _device_data(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
     from hwnas.lut import read_table, table_paths
@@ -551,6 +665,40 @@ def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
     return Path(lut_dir) / f"{device}.predictor.json"
 
 
+def device_predictor(device: str, space: SearchSpace | None = None,
+                     lut_dir: str | Path = "lut", path: str | Path | None = None,
+                     lut_sum_fallback: bool = False) -> tuple[Predictor, str]:
+    """A device's latency predictor and where it came from: its saved predictor
+    (``hwnas predictor fit``), checked against ``space``; with ``lut_sum_fallback``, its
+    lookup table's sum when no predictor was fitted. Raises :class:`PredictorError`
+    saying what to run when there is neither."""
+    from hwnas.devices import find_device_file
+    from hwnas.errors import DeviceError
+    from hwnas.lut import table_paths
+
+    file = Path(path) if path else default_predictor_path(device, lut_dir)
+    if file.exists():
+        try:
+            pred = load_predictor(file, space=space)
+        except (PredictorError, LutError) as exc:
+            raise PredictorError(f"latency:{device}: {exc}") from None
+        return pred, f"{pred.kind} ({file})"
+    op_path, _ = table_paths(device, lut_dir)
+    if lut_sum_fallback and op_path.exists():
+        try:
+            return LutSum(LatencyTable.load(op_path, space)), f"lut-sum ({op_path})"
+        except LutError as exc:
+            raise PredictorError(f"no predictor for {device}, and its LUT is unusable: "
+                                 f"{exc}") from None
+    try:
+        find_device_file(device)
+    except DeviceError as exc:
+        raise PredictorError(f"objective latency:{device}: {exc}") from None
+    raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
+                         f"with 'hwnas profile --device {device} --subnets 300' then 'hwnas "
+                         f"predictor fit --device {device}' (or pass --lut FOLDER)")
+
+
 def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int = 200,
                    seed: int = 0, lut_dir: str | Path = "lut", out: str | Path | None = None
                    ) -> Report:
@@ -565,13 +713,13 @@ def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int 
     tr, te = split_subnets(keys, n_train, seed)
     A, B = [archs[i] for i in tr], [archs[i] for i in te]
     rows, chosen = {}, None
-    kinds = ["lut-sum", "lut-linear", "macs-linear", "xgboost"]
+    kinds = list(FIT_KINDS)
     if kind not in kinds:
         make_predictor(kind, table)  # raises the clear error
     for k in kinds:
         params = {"seed": seed} if k == "xgboost" else {}
         p = make_predictor(k, table, **params).fit(A, y[tr])
-        rows[k] = p.score(B, y[te])
+        rows[k] = p.metrics(B, y[te])
         if k == kind:
             chosen = p
     chosen.extra = {"device": device, "seed": seed, "train_keys": [keys[i] for i in tr],
@@ -617,12 +765,12 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
     keys = list(subs["key"])
     tr, te = split_subnets(keys, k, seed)
     A, B = [archs[i] for i in tr], [archs[i] for i in te]
-    rows = {"lut-sum (no fit)": LutSum(table).score(B, y[te])}
-    rows[f"lut-linear (k={k})"] = LutLinear(table).fit(A, y[tr]).score(B, y[te])
+    rows = {"lut-sum (no fit)": LutSum(table).metrics(B, y[te])}
+    rows[f"lut-linear (k={k})"] = LutLinear(table).fit(A, y[tr]).metrics(B, y[te])
     rows[f"xgboost from scratch (k={k})"] = XGBoostPredictor(table, seed=seed).fit(
-        A, y[tr]).score(B, y[te])
+        A, y[tr]).metrics(B, y[te])
     transfer = TransferPredictor(base, table).fit(A, y[tr])
-    rows[f"transfer from {source} (k={k})"] = transfer.score(B, y[te])
+    rows[f"transfer from {source} (k={k})"] = transfer.metrics(B, y[te])
     transfer.extra = {"device": device, "source": source, "seed": seed,
                       "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                       "heldout_metrics": rows[f"transfer from {source} (k={k})"]}

@@ -33,6 +33,7 @@ from torch import nn
 
 from hwnas.devices import Device, device_fingerprint, fingerprint_diff, load_device
 from hwnas.errors import LutError
+from hwnas.display import progress as progress_bar
 from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
 from hwnas.ops import OpSpec, build_network, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
@@ -67,6 +68,12 @@ class ProfileResult:
     @property
     def timed_fraction(self) -> float:
         return self.timed_s / self.timing_s if self.timing_s > 0 else 0.0
+
+    def summary(self, label: str) -> str:
+        """One line of what ``hwnas profile`` did for a table."""
+        return (f"{label}: {len(self.table)} rows in {self.path} ({self.measured} measured now, "
+                f"{self.reused} already there); build {self.build_s:.1f} s, timing "
+                f"{self.timing_s:.1f} s ({self.timed_fraction:.0%} inside timed calls)")
 
 
 class Journal:
@@ -148,15 +155,6 @@ def pinned(cores: Sequence[int] | None):
         os.sched_setaffinity(0, before)
 
 
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    disable=not enabled, transient=False)
-
-
 class Profiler:
     """Runs the measurement protocol for a device into one table."""
 
@@ -202,7 +200,7 @@ class Profiler:
         journal = Journal(self.path.with_name(self.path.name.replace(".parquet", "")
                                               + ".journal.parquet"), self.meta)
         window = self.protocol.window or len(pending)
-        with pinned(self.device.cpu_affinity), _progress(self.progress) as bar:
+        with pinned(self.device.cpu_affinity), progress_bar(self.progress, eta=True) as bar:
             for start in range(0, len(pending), window):
                 chunk = pending[start:start + window]
                 rows = self._measure(chunk, journal, bar, result)

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwnas.display import Table
 from hwnas.errors import HwnasError, check_settings
+from hwnas.files import atomic_write_json, atomic_write_text
 
 
 class QuickstartError(HwnasError, ValueError):
@@ -57,6 +59,13 @@ class QuickstartConfig:
             ("pop_size", self.pop_size >= 4, ">= 4")], QuickstartError, "quickstart setting",
             self)
 
+    @classmethod
+    def from_flags(cls, minutes: float = 10.0, **settings: Any) -> "QuickstartConfig":
+        """Sizes scaled to ``minutes``, then the ones given (None: keep the scaled one)."""
+        base = {k: settings.pop(k) for k in ("out", "budget_ms", "seed") if k in settings}
+        cfg = cls(**base).scaled(minutes)
+        return dataclasses.replace(cfg, **{k: v for k, v in settings.items() if v is not None})
+
     def scaled(self, minutes: float) -> "QuickstartConfig":
         """Sizes for a time budget of ``minutes`` (10 gives the defaults)."""
         if not minutes > 0:
@@ -80,6 +89,23 @@ class QuickstartResult:
     predictor_metrics: dict[str, float]
     files: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    device: str = ""
+
+    def tables(self) -> list[Table]:
+        """The chosen network and the files, as ``hwnas quickstart`` prints them."""
+        chosen = Table("hwnas quickstart: the chosen network", ["", ""], [
+            ["arch", self.name],
+            ["top-1 (digits val, BN recalibrated)", f"{self.accuracy:.2%}"],
+            ["MACs / params", f"{self.macs / 1e6:.2f} M / {self.params / 1e6:.3f} M"],
+            ["budget", f"{self.budget_ms:.3f} ms on {self.device}"]])
+        for r in self.latency:
+            pred = "no prediction" if r.get("predicted_ms") is None else \
+                f"predicted {r['predicted_ms']:.3f} ms"
+            meas = "not measured" if r.get("measured_ms") is None else \
+                f"measured {r['measured_ms']:.3f} ms"
+            chosen.rows.append([f"{r['device']} ({r.get('file')})", f"{pred}, {meas}"])
+        chosen.rows.append(["time", ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())])
+        return [chosen, Table("files", ["what", "where"], [[k, v] for k, v in self.files.items()])]
 
 
 def _device(name: str, cfg: QuickstartConfig):
@@ -112,7 +138,7 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     tflite_problem = check_usable(tfl)
     secs: dict[str, float] = {}
     files: dict[str, str] = {}
-    (out / "quickstart.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    atomic_write_json(out / "quickstart.json", dataclasses.asdict(cfg), indent=2)
 
     # 1. profile
     console.rule(f"1/5 profile {dev.name} ({cfg.space} space)")
@@ -209,14 +235,13 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     arch = json.loads(best["arch"])
     result = QuickstartResult(out, arch, best["name"], float(best["acc"]),
                               int(eres.manifest["macs"]), int(eres.manifest["params"]), budget,
-                              eres.manifest["latency"], m, files, secs)
+                              eres.manifest["latency"], m, files, secs, dev.name)
     if tflite_problem:
         result.latency.append({"device": tfl.name, "file": "-", "measured_ms": None,
                                "predicted_ms": None, "predictor": tflite_problem})
     write_report(result, report, sres, eres.manifest, out / "report.html")
     files["report"] = str(out / "report.html")
-    (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2,
-                                                default=str) + "\n")
+    atomic_write_json(out / "result.json", dataclasses.asdict(result), indent=2, default=str)
     return result
 
 
@@ -326,8 +351,7 @@ def write_report(res: QuickstartResult, predictor_report, search_result, manifes
         "<h2>Time per step (s)</h2>",
         _table(list(res.seconds), [[round(v, 1) for v in res.seconds.values()]]),
         "</body></html>"]
-    path.write_text("\n".join(parts))
-    return path
+    return atomic_write_text(path, "\n".join(parts))
 
 
 NEXT_STEPS = """\

@@ -20,7 +20,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hwnas.errors import ArchError, SpaceError, read_json
+from hwnas import encoding
+from hwnas.encoding import _num
+from hwnas.errors import SpaceError
+from hwnas.registry import Registry
 
 ACTIVATIONS = ("relu", "hswish")
 
@@ -74,16 +77,6 @@ class Arch:
     def key(self) -> str:
         """A stable hash of the canonical JSON form (use archs from :meth:`SearchSpace.arch`)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-
-def _is_number(v: Any) -> bool:
-    """An int or float (numpy's too), not a bool."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and \
-        not isinstance(v, (bool, np.bool_))
-
-
-def _num(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else float(v)
 
 
 @dataclass(frozen=True)
@@ -258,220 +251,68 @@ class SearchSpace:
             hw = _conv_out(hw, s.stride)
         return hw
 
-    # --------------------------------------------------------------- parsing & checking
+    # ------------------------------------------- writing archs down (hwnas.encoding)
     def arch(self, obj: Any = None, /, **fields: Any) -> Arch:
-        """Validate and canonicalise an arch.
-
-        Accepts an :class:`Arch`, the JSON form ``{"r", "d", "k", "e"}``, Once-for-All's
-        dict (``ks``, ``e``, ``d`` with ``r`` or ``image_size``), or the same as keywords.
-        Raises :class:`ArchError` naming the field, the value and what is allowed.
-        """
-        if obj is None:
-            obj = fields
-        elif fields:
-            raise ArchError("give an arch either as one object or as keywords, not both")
-        if isinstance(obj, Arch):
-            obj = obj.to_dict()
-        if not isinstance(obj, Mapping):
-            raise ArchError(f"an arch must be a JSON object with keys r, d, k, e; got "
-                            f"{type(obj).__name__}")
-        keys = set(obj)
-        if not all(isinstance(k, str) for k in keys):
-            raise ArchError(f"arch keys must be strings, got {sorted(map(repr, keys))}")
-        ofa = "ks" in keys
-        allowed = {"ks", "e", "d", "r", "image_size"} if ofa else {"r", "d", "k", "e"}
-        unknown = keys - allowed
-        if unknown:
-            raise ArchError(f"unknown arch key(s) {sorted(unknown)}; allowed keys are "
-                            f"{sorted(allowed)}")
-        if ofa:
-            if "r" in keys and "image_size" in keys:
-                raise ArchError("give the resolution once, as 'r' or 'image_size', not both")
-            res_key = "r" if "r" in keys else "image_size"
-            required = {"ks": "ks", "e": "e", "d": "d", res_key: res_key}
-        else:
-            required = {"r": "r", "d": "d", "k": "k", "e": "e"}
-        missing = [k for k in required if k not in keys]
-        if missing:
-            raise ArchError(f"arch is missing key(s) {missing}; an arch needs "
-                            f"{sorted(required)}")
-        res_key = "r" if "r" in keys else "image_size"
-        r = obj[res_key]
-        if isinstance(r, (list, tuple)) and len(r) == 1:  # OFA sometimes writes [224]
-            r = r[0]
-        r = self._check_choice(res_key, r, self.resolutions)
-        d = self._check_list("d", obj["d"], self.n_stages)
-        d = tuple(self._check_choice(f"d[{i}]", v, self.depths) for i, v in enumerate(d))
-        k_raw = self._check_list("ks" if ofa else "k", obj["ks" if ofa else "k"], self.n_blocks)
-        e_raw = self._check_list("e", obj["e"], self.n_blocks)
-        k = self._check_slots("ks" if ofa else "k", k_raw, d, self.kernels)
-        e = self._check_slots("e", e_raw, d, self.expands)
-        return Arch(r=r, d=d, k=k, e=e)
+        """Validate and canonicalise an arch: an :class:`Arch`, ``{"r", "d", "k", "e"}``,
+        Once-for-All's dict, or the same as keywords (:func:`hwnas.encoding.parse`)."""
+        return encoding.parse(self, obj, **fields)
 
     def load_arch(self, path: str | Path) -> Arch:
         """Read an arch from a JSON file (the JSON form or OFA's)."""
-        obj = read_json(path, ArchError, "arch file")
-        try:
-            return self.arch(obj)
-        except ArchError as exc:
-            raise ArchError(f"{path}: {exc}") from None
+        return encoding.load(self, path)
 
-    def _check_list(self, name: str, value: Any, length: int) -> list:
-        if not isinstance(value, (list, tuple, np.ndarray)):
-            raise ArchError(f"arch field {name!r} must be a list of {length} numbers, got "
-                            f"{type(value).__name__} {value!r:.60}")
-        value = list(value)
-        if len(value) != length:
-            raise ArchError(f"arch field {name!r} must have {length} entries for space "
-                            f"{self.name!r}, got {len(value)}")
-        return value
-
-    @staticmethod
-    def _check_choice(name: str, value: Any, choices: Sequence) -> Any:
-        if not _is_number(value):
-            raise ArchError(f"arch field {name!r} must be a number, got "
-                            f"{type(value).__name__} {value!r:.60}; allowed: {list(choices)}")
-        for c in choices:
-            if value == c:
-                return c
-        raise ArchError(f"arch field {name!r} = {value!r} is not allowed; allowed: "
-                        f"{[_num(c) for c in choices]}")
-
-    def _check_slots(self, name: str, values: list, d: tuple[int, ...],
-                     choices: Sequence) -> tuple:
-        """Check active slots; unused slots may hold a choice or 0 and become choices[0]."""
-        out = []
-        for s, depth in enumerate(d):
-            for b in range(self.max_depth):
-                i = s * self.max_depth + b
-                v = values[i]
-                if b < depth:
-                    out.append(self._check_choice(f"{name}[{i}]", v, choices))
-                    continue
-                if not (_is_number(v) and v == 0):
-                    self._check_choice(f"{name}[{i}] (unused slot; 0 also allowed)", v, choices)
-                out.append(choices[0])
-        return tuple(out)
-
-    # ----------------------------------------------------------------------- encoding
     @property
     def n_var(self) -> int:
         """Length of the integer encoding: per stage [depth, kernels, expands], then r."""
-        return self.n_stages * (1 + 2 * self.max_depth) + 1
+        return encoding.n_var(self)
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive lower and upper bound of every gene (for pymoo)."""
-        xu = []
-        for _ in range(self.n_stages):
-            xu += [len(self.depths) - 1] + [len(self.kernels) - 1] * self.max_depth \
-                + [len(self.expands) - 1] * self.max_depth
-        xu.append(len(self.resolutions) - 1)
-        return np.zeros(self.n_var, dtype=np.int64), np.array(xu, dtype=np.int64)
+        return encoding.bounds(self)
 
     def encode(self, arch: Arch | Mapping) -> np.ndarray:
         """Integer vector of an arch; genes past a stage's depth are zero."""
-        if isinstance(arch, Arch):
-            try:
-                return self._encode_fast(arch)
-            except (KeyError, IndexError, TypeError):
-                pass  # fall through to the full check, which names the bad field
-        arch = self.arch(arch)
-        return self._encode_fast(arch)
-
-    def _encode_fast(self, arch: Arch) -> np.ndarray:
-        di, ki, ei, ri = self._index_maps()
-        md = self.max_depth
-        if len(arch.d) != self.n_stages or len(arch.k) != self.n_blocks \
-                or len(arch.e) != self.n_blocks:
-            raise IndexError
-        x = []
-        for s, depth in enumerate(arch.d):
-            x.append(di[depth])
-            base = s * md
-            x += [ki[arch.k[base + b]] if b < depth else 0 for b in range(md)]
-            x += [ei[arch.e[base + b]] if b < depth else 0 for b in range(md)]
-        x.append(ri[arch.r])
-        return np.array(x, dtype=np.int64)
-
-    def _index_maps(self) -> tuple[dict, dict, dict, dict]:
-        maps = self.__dict__.get("_maps")
-        if maps is None:
-            maps = tuple({v: i for i, v in enumerate(c) if not isinstance(v, bool)}
-                         for c in (self.depths, self.kernels, self.expands, self.resolutions))
-            object.__setattr__(self, "_maps", maps)
-        return maps
+        return encoding.encode(self, arch)
 
     def decode(self, x: Sequence[int] | np.ndarray) -> Arch:
         """Arch of an integer vector (any vector within :attr:`bounds` is a valid arch)."""
-        x = self._check_vector(x)
-        md, step = self.max_depth, 1 + 2 * self.max_depth
-        d, k, e = [], [], []
-        for s in range(self.n_stages):
-            g = x[s * step:(s + 1) * step]
-            depth = self.depths[g[0]]
-            d.append(depth)
-            k += [self.kernels[g[1 + b]] if b < depth else self.kernels[0] for b in range(md)]
-            e += [self.expands[g[1 + md + b]] if b < depth else self.expands[0]
-                  for b in range(md)]
-        return Arch(r=self.resolutions[x[-1]], d=tuple(d), k=tuple(k), e=tuple(e))
+        return encoding.decode(self, x)
 
     def canonical_vector(self, x: Sequence[int] | np.ndarray) -> np.ndarray:
         """Zero the genes past each stage's depth (do this before hashing or fitting)."""
-        x = self._check_vector(x).copy()
-        step = 1 + 2 * self.max_depth
-        for s in range(self.n_stages):
-            depth = self.depths[x[s * step]]
-            for b in range(depth, self.max_depth):
-                x[s * step + 1 + b] = 0
-                x[s * step + 1 + self.max_depth + b] = 0
-        return x
+        return encoding.canonical(self, encoding.check_vector(self, x)[None])[0]
 
-    def _check_vector(self, x: Any) -> np.ndarray:
-        arr = np.asarray(x)
-        if arr.shape != (self.n_var,):
-            raise ArchError(f"an encoding of space {self.name!r} must have shape "
-                            f"({self.n_var},), got {arr.shape}")
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise ArchError(f"encoding genes must be whole numbers, got {arr.tolist()}")
-        elif arr.dtype.kind not in "iu":
-            raise ArchError(f"encoding genes must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64)
-        lo, hi = self.bounds
-        bad = np.flatnonzero((arr < lo) | (arr > hi))
-        if bad.size:
-            i = int(bad[0])
-            raise ArchError(f"encoding gene {i} = {arr[i]} is out of range; allowed "
-                            f"0..{hi[i]}")
-        return arr
-
-    # ------------------------------------------------------ sampling & variation
     def sample(self, n: int = 1, seed: int | np.random.Generator | None = None) -> list[Arch]:
         """``n`` archs, every choice drawn uniformly and independently (OFA's sampler)."""
         rng = np.random.default_rng(seed)
-        lo, hi = self.bounds
-        return [self.decode(rng.integers(lo, hi + 1)) for _ in range(n)]
+        return [self.decode(x) for x in encoding.sample(self, n, rng)]
 
     def mutate(self, arch: Arch, seed: int | np.random.Generator | None = None,
                prob: float | None = None) -> Arch:
         """Redraw each gene with probability ``prob`` (default 1/n_var) to another value."""
         rng = np.random.default_rng(seed)
-        prob = 1.0 / self.n_var if prob is None else prob
-        x = self.encode(arch)
-        lo, hi = self.bounds
-        for i in np.flatnonzero(rng.random(self.n_var) < prob):
-            if hi[i] > lo[i]:
-                x[i] = (x[i] + rng.integers(1, hi[i] - lo[i] + 1)) % (hi[i] + 1)
-        return self.decode(x)
+        rate = 1.0 / self.n_var if prob is None else prob
+        x = encoding.mutate(self, self.encode(arch)[None], rate, rng)
+        return self.decode(encoding.canonical(self, x)[0])
 
     def crossover(self, a: Arch, b: Arch,
                   seed: int | np.random.Generator | None = None) -> Arch:
         """Uniform crossover of two archs' encodings (a child is always valid)."""
         rng = np.random.default_rng(seed)
-        xa, xb = self.encode(a), self.encode(b)
-        return self.decode(np.where(rng.random(self.n_var) < 0.5, xa, xb))
+        child, _ = encoding.crossover(self.encode(a)[None], self.encode(b)[None], rng)
+        return self.decode(encoding.canonical(self, child)[0])
 
+    def arch_name(self, arch: Arch) -> str:
+        """Short readable name, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``; safe in file
+        names, read back by :meth:`parse_name`."""
+        return encoding.name(self, arch)
+
+    def parse_name(self, text: str) -> Arch:
+        """The arch an :meth:`arch_name` names."""
+        return encoding.parse_name(self, text)
+
+    # ------------------------------------------------------------------------ geometry
     def smallest(self) -> Arch:
         """Least depth, smallest kernel and expand, lowest resolution."""
         return self.decode(np.zeros(self.n_var, dtype=np.int64))
@@ -486,7 +327,6 @@ class SearchSpace:
         per_stage = sum(per_block ** d for d in self.depths)
         return per_stage ** self.n_stages * len(self.resolutions)
 
-    # ------------------------------------------------------------------------ naming
     def active_blocks(self, arch: Arch) -> Iterator[tuple[int, int, int, float]]:
         """(stage, index in stage, kernel, expand) of every block the arch uses."""
         md = self.max_depth
@@ -494,27 +334,17 @@ class SearchSpace:
             for b in range(depth):
                 yield s, b, arch.k[s * md + b], arch.e[s * md + b]
 
-    def arch_name(self, arch: Arch) -> str:
-        """Short readable name: resolution, then one group per stage of k<kernel>e<expand>
-        blocks, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``. Safe in file names."""
-        parts = [f"r{arch.r}"]
-        groups: list[list[str]] = [[] for _ in range(self.n_stages)]
-        for s, _, k, e in self.active_blocks(arch):
-            groups[s].append(f"k{k}e{_num(e)}")
-        parts += [".".join(g) for g in groups]
-        return "-".join(parts)
-
 
 def _conv_out(hw: int, stride: int) -> int:
     """Output size of a 'same'-padded odd-kernel conv: ceil(hw / stride)."""
     return math.ceil(hw / stride)
 
 
-SPACES = {
-    "default": SearchSpace.default,
-    "default-w1.2": lambda: SearchSpace.default(1.2),
-    "small": SearchSpace.small,
-}
+# Presets by name; a new one is ``SPACES.register("name", factory)``.
+SPACES: Registry = Registry("search space", SpaceError)
+SPACES.register("default", SearchSpace.default)
+SPACES.register("default-w1.2", lambda: SearchSpace.default(1.2))
+SPACES.register("small", SearchSpace.small)
 # The input sizes Once-for-All's released supernets were trained at.
 OFA_RESOLUTIONS = tuple(range(128, 225, 4))
 RESOLUTION_SYNTAX = "comma-separated sizes and ranges A-B:STEP, e.g. 128-224:4 or 160,192"
@@ -573,9 +403,8 @@ def get_space(space: str | SearchSpace) -> SearchSpace:
     if isinstance(space, SearchSpace):
         return space
     base, at, res = str(space).partition("@")
-    try:
-        preset = SPACES[base]()
-    except KeyError:
+    if base not in SPACES:
         raise SpaceError(f"unknown search space {space!r}; known: {sorted(SPACES)}, each "
-                         f"optionally with @RESOLUTIONS ({RESOLUTION_SYNTAX})") from None
+                         f"optionally with @RESOLUTIONS ({RESOLUTION_SYNTAX})")
+    preset = SPACES.create(base)
     return preset.with_resolutions(parse_resolutions(res)) if at else preset

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from hwnas.data import Dataset, model_input
 from hwnas.errors import HwnasError, check_settings
+from hwnas.display import progress as progress_bar
 from hwnas.files import atomic_torch_save, load_tensors
 from hwnas.space import Arch, SearchSpace, get_space
 from hwnas.supernet import Supernet
@@ -85,6 +86,13 @@ class TrainResult:
     epochs_done: int
     history: list[dict[str, float]] = field(default_factory=list)
     net: Supernet | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # largest/smallest top-1
+
+    def summary(self) -> str:
+        """The line ``hwnas train`` prints."""
+        acc = "".join(f", {k} {v:.2%}" for k, v in self.accuracy.items())
+        return (f"checkpoint {self.checkpoint} after {self.epochs_done} epoch(s)"
+                + (f"; top-1 (BN recalibrated){acc[1:]}" if acc else ""))
 
 
 def _world() -> tuple[int, int]:
@@ -241,9 +249,7 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
         torch.set_rng_state(state["torch_rng"])
         start, history = state["epoch"] + 1, list(state["history"])
     steps_per_epoch = len(range(0, len(train_data) // world, cfg.batch_size))
-    from rich.progress import Progress
-
-    with Progress(disable=not progress or rank != 0, transient=False) as bar:
+    with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("train", total=(cfg.epochs - start) * steps_per_epoch)
         steps = 0
         for epoch in range(start, cfg.epochs):
@@ -294,6 +300,27 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                 break
     net.set_active(space.largest())
     return TrainResult(ckpt, len(history), history, net)
+
+
+def train_from_data(space: SearchSpace | str, data: str, cfg: TrainConfig, out_dir: str | Path,
+                    threads: int | None = None) -> TrainResult:
+    """``hwnas train``: load ``data`` (a data set spec), join the torchrun process group if
+    there is one, train, and (on rank 0) measure the largest and smallest subnets' top-1
+    with BN recalibrated."""
+    from hwnas.data import load_dataset
+    from hwnas.evaluate import subnet_accuracy
+
+    if threads:
+        torch.set_num_threads(threads)
+    rank, _ = init_distributed()
+    sp = get_space(space)
+    train_set, val_set = load_dataset(data, max(sp.resolutions), cfg.seed)
+    res = train(sp, train_set, cfg, out_dir)
+    if rank == 0:
+        acc = subnet_accuracy(res.net.cpu(), [sp.largest(), sp.smallest()], train_set,
+                              val_set, seed=cfg.seed)
+        res.accuracy = {"largest": float(acc[0]), "smallest": float(acc[1])}
+    return res
 
 
 def adapt_supernet(net: Supernet, archs: Sequence[Arch], data: Dataset, steps: int,

@@ -5,7 +5,8 @@ import pytest
 import torch
 import yaml
 
-from hwnas.devices import (BACKENDS, check_usable, device_fingerprint, find_device_file,
+from hwnas.backends import BACKENDS
+from hwnas.devices import (check_usable, device_fingerprint, find_device_file,
                            fingerprint_diff, list_device_files, load_device, parse_device)
 from hwnas.errors import DeviceError
 

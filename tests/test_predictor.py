@@ -61,9 +61,10 @@ def test_lut_sum_and_linear_and_macs(data, small):
 def test_xgboost_learns_what_the_lut_misses(data):
     tmp, table, archs, y = data
     tr, te = slice(0, 250), slice(250, 400)
-    lin = LutLinear(table).fit(archs[tr], y[tr]).score(archs[te], y[te])
+    lin = LutLinear(table).fit(archs[tr], y[tr]).metrics(archs[te], y[te])
     xgb = XGBoostPredictor(table, n_estimators=200, ensemble=3).fit(archs[tr], y[tr])
-    s = xgb.score(archs[te], y[te])
+    s = xgb.metrics(archs[te], y[te])
+    assert xgb.score(archs[te], y[te]) == s["within_10pct"]  # one number, higher better
     assert s["mape"] < lin["mape"] / 2 and s["within_5pct"] > 0.95
     p, std = xgb.predict_with_uncertainty(archs[te])
     assert np.all(std >= 0) and np.any(std > 0) and np.allclose(p, xgb.predict(archs[te]))
@@ -82,6 +83,30 @@ def test_save_load_round_trips_give_identical_predictions(data, small):
         if kind == "xgboost":
             assert len(doc["state"]["models"]) == 2 and doc["state"]["feature_names"][0] == "g0"
             assert "lut_sum" in doc["state"]["feature_names"]
+
+
+def test_every_loaded_kind_refits_as_it_was_made(data, small, tmp_path):
+    """Loading goes through ``__init__`` with the saved parameters, so a loaded predictor
+    is a whole one: it refits to exactly what a new one with those parameters fits."""
+    from hwnas.predictor import PREDICTORS
+
+    _, table, archs, y = data
+    base = XGBoostPredictor(table, n_estimators=30, ensemble=2, seed=4).fit(archs[:80], y[:80])
+    made = {"lut-sum": LutSum(table), "lut-linear": LutLinear(table, offset=False),
+            "macs-linear": MacsLinear(table), "xgboost": XGBoostPredictor(
+                table, n_estimators=40, ensemble=2, max_depth=2, seed=3),
+            "transfer": TransferPredictor(base, table)}
+    assert set(made) == set(PREDICTORS.choices())  # every kind there is
+    for kind, p in made.items():
+        p.fit(archs[:60], y[:60])
+        loaded = load_predictor(p.save(tmp_path / f"{kind}.json"))
+        assert type(loaded) is type(p) and loaded.get_params() == p.get_params()
+        refit = loaded.fit(archs[60:140], y[60:140]).predict(archs[200:])
+        fresh = p.fit(archs[60:140], y[60:140]).predict(archs[200:])
+        assert np.array_equal(refit, fresh), kind
+    assert load_predictor(tmp_path / "lut-linear.json").offset is False
+    with pytest.raises(PredictorError, match="offset='yes'"):
+        LutLinear(table, offset="yes")
 
 
 def test_refusals(data, small, default, tmp_path):
@@ -118,10 +143,10 @@ def test_few_shot_transfer(data, small, tmp_path):
     y_b = 1.6 * _truth(table_b, archs, small)  # same behaviour, slower device
     k = 20
     t = TransferPredictor(base, table_b).fit(archs[:k], y_b[:k])
-    s = t.score(archs[250:], y_b[250:])
+    s = t.metrics(archs[250:], y_b[250:])
     scratch = XGBoostPredictor(table_b, n_estimators=200, ensemble=3).fit(archs[:k], y_b[:k])
     assert s["within_10pct"] >= 0.95 and s["spearman_rho"] >= 0.95
-    assert s["mape"] < scratch.score(archs[250:], y_b[250:])["mape"]
+    assert s["mape"] < scratch.metrics(archs[250:], y_b[250:])["mape"]
     path = t.save(tmp_path / "b.predictor.json")
     again = load_predictor(path, fingerprint=FP_B)
     assert np.array_equal(again.predict(archs[250:]), t.predict(archs[250:]))

@@ -1,31 +1,19 @@
 """Backends: one small module per runtime, each able to time an op or a whole subnet.
 
-``get_backend_class(name)`` imports a backend only when it is asked for, so a machine
-without TensorRT or adb can still use the others.
+Each module registers its class in :data:`BACKENDS` (a new runtime is one new file). The
+runtimes themselves (TensorRT, LiteRT, adb) are imported only when a backend uses them, so
+a machine without one can still use the others.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from hwnas.backends.base import Backend, Runner, wallclock
+from hwnas.backends.base import BACKENDS, Backend, Runner, wallclock
 from hwnas.errors import DeviceError
-
-_REGISTRY = {
-    "torch": ("hwnas.backends.pytorch", "TorchBackend"),
-    "onnxruntime": ("hwnas.backends.onnxrt", "OnnxRuntimeBackend"),
-    "tflite": ("hwnas.backends.tflite", "TFLiteBackend"),
-    "tensorrt": ("hwnas.backends.tensorrt", "TensorRTBackend"),
-    "adb-tflite": ("hwnas.backends.adb_tflite", "AdbTFLiteBackend"),
-}
 
 
 def get_backend_class(name: str) -> type[Backend]:
-    try:
-        module, cls = _REGISTRY[name]
-    except KeyError:
-        raise DeviceError(f"unknown backend {name!r}; known: {sorted(_REGISTRY)}") from None
-    return getattr(importlib.import_module(module), cls)
+    """The backend class registered as ``name`` (DeviceError naming the known ones)."""
+    return BACKENDS.get(name)
 
 
 def get_backend(device, cache_dir=None) -> Backend:
@@ -37,4 +25,4 @@ def get_backend(device, cache_dir=None) -> Backend:
     return cls(device, cache_dir)
 
 
-__all__ = ["Backend", "Runner", "get_backend", "get_backend_class", "wallclock"]
+__all__ = ["BACKENDS", "Backend", "Runner", "get_backend", "get_backend_class", "wallclock"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import nn
 
-from hwnas.backends.base import Backend, Runner, sample_input
+from hwnas.backends.base import BACKENDS, Backend, Runner, sample_input
 from hwnas.convert import to_tflite
 from hwnas.errors import BackendError, DeviceError
 
@@ -233,9 +233,11 @@ class Adb:
                           f"{self.settings.retries} attempts; adb said: {last}")
 
 
+@BACKENDS.register('adb-tflite')
 class AdbTFLiteBackend(Backend):
     file_format = "tflite"
     name = "adb-tflite"
+    hardware = ("android",)
 
     def __init__(self, device, cache_dir=None, adb: Adb | None = None) -> None:
         super().__init__(device, cache_dir)

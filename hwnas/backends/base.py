@@ -14,9 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.errors import BackendError
+from hwnas.errors import BackendError, DeviceError
+from hwnas.registry import Registry
 
 DEFAULT_CACHE = Path("lut") / ".cache"
+# Backends by name: each module of this package registers its class, so a new backend is
+# one new file here.
+BACKENDS: Registry = Registry("backend", DeviceError, package="hwnas.backends")
 
 
 def wallclock(fn: Callable[[], Any], n: int) -> np.ndarray:
@@ -51,6 +55,7 @@ class Backend(ABC):
     """A runtime on a device. Subclasses implement :meth:`prepare` and :meth:`check`."""
 
     name: ClassVar[str]
+    hardware: ClassVar[tuple[str, ...]] = ()  # what it can drive: cpu, cuda, android
     file_format: ClassVar[str | None] = None  # the file kind load() takes: onnx, tflite
 
     def __init__(self, device, cache_dir: str | Path | None = None) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import Backend, Runner, cuda_missing, sample_input, wallclock
+from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_missing, sample_input, wallclock
 from hwnas.convert import to_onnx
 from hwnas.errors import BackendError
 
@@ -30,8 +30,10 @@ def session_options(threads: int):
     return so
 
 
+@BACKENDS.register('onnxruntime')
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    hardware = ("cpu", "cuda")
     file_format = "onnx"
 
     @classmethod

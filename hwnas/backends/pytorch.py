@@ -8,11 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import Backend, Runner, cuda_events, cuda_missing, sample_input, wallclock
+from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_events, cuda_missing, sample_input, wallclock
 
 
+@BACKENDS.register('torch')
 class TorchBackend(Backend):
     name = "torch"
+    hardware = ("cpu", "cuda")
 
     def __init__(self, device, cache_dir=None) -> None:
         super().__init__(device, cache_dir)

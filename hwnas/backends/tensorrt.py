@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import Backend, Runner, cuda_events, cuda_missing, sample_input
+from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_events, cuda_missing, sample_input
 from hwnas.errors import BackendError
+from hwnas.files import atomic_write
 
 
 def builder_settings(device) -> dict[str, Any]:
@@ -49,9 +50,11 @@ def parse_errors(parser) -> str:
     return "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
 
 
+@BACKENDS.register('tensorrt')
 class TensorRTBackend(Backend):
     file_format = "onnx"  # load() builds the engine from the ONNX file
     name = "tensorrt"
+    hardware = ("cuda",)
 
     @classmethod
     def check(cls, device) -> str | None:
@@ -107,7 +110,7 @@ class TensorRTBackend(Backend):
         if serialized is None:
             raise BackendError(f"TensorRT failed to build an engine from {onnx_path}")
         data = bytes(serialized)
-        cache.write_bytes(data)
+        atomic_write(cache, lambda tmp: tmp.write_bytes(data))
         return data
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from hwnas.backends.base import Backend, Runner, sample_input, wallclock
+from hwnas.backends.base import BACKENDS, Backend, Runner, sample_input, wallclock
 from hwnas.convert import nhwc, to_tflite
 from hwnas.errors import BackendError
 
@@ -43,8 +43,10 @@ def _gpu_model(path: str):
                            f" it needs a GPU with a Vulkan/OpenCL/WebGPU driver)") from None
 
 
+@BACKENDS.register('tflite')
 class TFLiteBackend(Backend):
     name = "tflite"
+    hardware = ("cpu", "cuda")  # cuda: LiteRT's GPU accelerator on a desktop GPU
     file_format = "tflite"
 
     @classmethod

@@ -1,0 +1,122 @@
+"""Run a search: check every input before any work, run the algorithm, write the folder.
+
+:func:`search` is the one entry point (the CLI's ``hwnas search`` is a thin layer over it);
+:func:`prepare` refuses bad input (objectives, devices, predictors, budgets, the accuracy
+source) before anything is evaluated. Resume: every accuracy is kept in the archive, and
+the algorithms are deterministic given the seed, so a resumed run replays the same
+trajectory, answering accuracies from the archive, and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from hwnas import encoding
+from hwnas.display import progress as progress_bar
+from hwnas.errors import ArchError, read_json
+from hwnas.files import atomic_write_json
+from hwnas.search.algorithms import ALGORITHMS, SearchRun
+from hwnas.search.archive import Archive, archive_objectives, scored_rows
+from hwnas.search.config import SearchConfig, SearchError
+from hwnas.search.evaluator import AccuracyFn, Evaluator, accuracy_source
+from hwnas.search.report import (SearchResult, best_per_budget, describe_best, finish,
+                                 hypervolume, objective_bounds)
+from hwnas.space import SearchSpace, get_space
+
+
+def _check_budgets(cfg: SearchConfig, space: SearchSpace, predictors: Mapping[str, Any],
+                   r_genes: np.ndarray) -> None:
+    if not cfg.budgets_ms:
+        return
+    smallest = space.smallest()
+    r_min = space.resolutions[int(r_genes[0])]
+    smallest = space.arch(r=r_min, d=smallest.d, k=smallest.k, e=smallest.e)
+    floor = float(np.asarray(predictors[cfg.budget_device].predict([smallest]))[0])
+    low = [b for b in cfg.budgets_ms if b < floor]
+    if low:
+        raise SearchError(f"budget(s) {low} ms are below the predicted latency of the "
+                          f"smallest network on {cfg.budget_device} ({floor:.3f} ms); no arch "
+                          f"can meet them")
+
+
+def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
+            predictors: Mapping[str, Any] | None = None,
+            archive_path: Path | None = None) -> tuple[Evaluator, np.ndarray, AccuracyFn | None]:
+    """Check everything a search needs before any work: objectives, devices, predictors,
+    budgets, the accuracy source. Returns the evaluator and the allowed resolution genes."""
+    from hwnas.predictor import PredictorError, device_predictor
+
+    space = get_space(cfg.space)
+    objs = cfg.parsed_objectives
+    try:
+        r_genes = encoding.resolution_genes(space, cfg.resolutions)
+    except ArchError as exc:
+        raise SearchError(str(exc)) from None
+    preds = dict(predictors or {})
+    for o in objs:
+        if o.kind == "latency" and o.device not in preds:
+            try:
+                preds[o.device], _ = device_predictor(o.device, space, cfg.lut_dir,
+                                                      cfg.predictors.get(o.device))
+            except PredictorError as exc:
+                raise SearchError(str(exc)) from None
+    for device, p in preds.items():
+        if p.space.id != space.id:
+            raise SearchError(f"the predictor for {device} is for space {p.space.name!r}, the "
+                              f"search is over {space.name!r}")
+    _check_budgets(cfg, space, preds, r_genes)
+    if "acc" in cfg.objectives and accuracy is None:
+        accuracy = accuracy_source(cfg, space, [space.resolutions[i] for i in r_genes])
+    evaluator = Evaluator(space, objs, preds, accuracy, cfg.budget_device,
+                          max(cfg.budgets_ms) if cfg.budgets_ms else None, Archive(archive_path))
+    return evaluator, r_genes, accuracy
+
+
+def search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: bool = False,
+           accuracy: AccuracyFn | None = None, predictors: Mapping[str, Any] | None = None,
+           progress: bool = True, plots: bool = True) -> SearchResult:
+    """Run a search into ``out_dir`` (default ``runs/search-<time>``). ``accuracy`` and
+    ``predictors`` (device -> predictor) override what ``cfg`` names (Python API)."""
+    t0 = time.perf_counter()
+    out = Path(out_dir) if out_dir else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+    config_path, archive_path = out / "config.json", out / "archive.parquet"
+    if resume:
+        if not config_path.exists():
+            raise SearchError(f"cannot resume {out}: it has no config.json (not a search run)")
+        cfg = SearchConfig.from_dict(read_json(config_path, SearchError, "search config"))
+    elif archive_path.exists():
+        raise SearchError(f"{out} already holds a search; resume it with --resume {out} or "
+                          f"choose another --out")
+    evaluator, r_genes, accuracy = prepare(cfg, accuracy, predictors,
+                                           archive_path if resume else None)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator.archive.path = archive_path
+    atomic_write_json(config_path, cfg.to_dict(), indent=2)
+    lower, upper = objective_bounds(evaluator)
+    hv_trace: list[tuple[int, float]] = []
+    run_ = SearchRun(cfg, evaluator, accuracy, r_genes, lambda: None)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"{cfg.algorithm}", total=cfg.evaluations)
+
+        def on_generation() -> None:
+            df = evaluator.archive.frame()
+            rows = scored_rows(df, evaluator.has_acc)
+            F = archive_objectives(rows, evaluator.objectives) if len(rows) else np.zeros((0, 1))
+            hv_trace.append((evaluator.count, hypervolume(F, lower, upper)))
+            best = best_per_budget(df, cfg) if len(rows) else {}
+            text = " ".join(f"≤{b:g}ms {describe_best(r, cfg)}" if b else describe_best(r, cfg)
+                            for b, r in best.items())
+            bar.update(task, completed=min(evaluator.count, cfg.evaluations),
+                       description=f"{cfg.algorithm} {text}")
+
+        run_.on_generation = on_generation
+        ALGORITHMS.get(cfg.algorithm)(run_)
+    evaluator.archive.flush()
+    return finish(cfg, evaluator, out, hv_trace, run_.log, time.perf_counter() - t0, plots)
+
+
+__all__ = ["prepare", "search"]
