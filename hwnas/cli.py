@@ -1,7 +1,9 @@
 """The ``hwnas`` command: a thin layer over the Python API.
 
 Every command takes ``--space`` the same way. Deliberate errors (:class:`HwnasError`)
-print one line naming the problem and exit with status 2, never a traceback.
+print one line naming the problem, never a traceback. Exit status: 0 done; 1 the work
+failed or is incomplete (a runtime error, a failed check, a requested result not
+produced); 2 bad usage or bad input (a wrong flag, value or file: nothing was done).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ space_app = typer.Typer(no_args_is_help=True, help="Sample, inspect and count ar
 app.add_typer(space_app, name="space")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+# Options chosen from a registry; ``command()`` replaces these with Literal types of the
+# registries' names when it builds the command (typer reads annotations only then).
+Algorithm = str
+PredictorKind = str
 SPACE_HELP = (f"search space preset: {', '.join(SPACES)}; NAME@RESOLUTIONS for other "
               f"input sizes, e.g. default-w1.2@128-224:4")
 
@@ -66,10 +72,11 @@ def space_show(
     space: str = typer.Option("default", help=SPACE_HELP),
 ) -> None:
     """Print an arch's name, resolution, MACs, params and its ops."""
+    from hwnas import encoding
     from hwnas.ops import describe
 
     sp = get_space(space)
-    for a in _read_archs(arch, sp):
+    for a in encoding.load_many(sp, arch):
         _show(describe(a, sp))
 
 @space_app.command("info")
@@ -107,7 +114,7 @@ def profile_cmd(
     seed: int = typer.Option(0, help="seed for sampling subnets"),
     out: Path = typer.Option(Path("lut"), help="folder for the tables"),
     cache: Optional[Path] = typer.Option(None, help="folder for converted models "
-                                         "(default lut/.cache/<device>)"),
+                                         "(default <out>/.cache/<device>)"),
 ) -> None:
     """Measure every unique op of the space on a device (and optionally sampled subnets).
     Resumes where an interrupted run stopped."""
@@ -248,8 +255,14 @@ def search_cmd(
                                           "folder (its config.json wins)"),
 ) -> None:
     """Multi-objective search under latency budgets; writes runs/<id>/."""
-    from hwnas.search import SearchConfig, search
+    from hwnas.search import SearchConfig, SearchError, search
 
+    if resume is not None:  # the run's own config.json says everything
+        if out is not None:
+            raise SearchError(f"--resume {resume} continues that run in its own folder; drop "
+                              f"--out {out}")
+        _show_search(search(None, resume, resume=True))
+        return
     cfg = SearchConfig.from_flags(
         device, objectives, _float_list(budget_ms, "--budget-ms"), weights, predictor,
         space=space, algorithm=algo, evaluations=evaluations, pop_size=pop_size, seed=seed,
@@ -258,8 +271,7 @@ def search_cmd(
         accuracy_table=str(accuracy_table) if accuracy_table else None, accuracy=accuracy,
         nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
         nat_adapt_steps=nat_adapt_steps)
-    res = search(cfg, resume or out, resume=resume is not None)
-    _show(res.table(), notes=[f"{label}: {path}" for label, path in res.files.items()])
+    _show_search(search(cfg, out))
 
 @app.command("export")
 def export_cmd(
@@ -281,13 +293,17 @@ def export_cmd(
                                         "or the search run's)"),
     lut: Path = typer.Option(Path("lut"), help="folder with the devices' predictors/LUTs"),
     seed: int = typer.Option(0),
+    allow_missing: list[str] = typer.Option([], help="a format or device that may be skipped "
+                                            "where this machine cannot produce or run it "
+                                            "(repeatable); otherwise a skip is 'incomplete', "
+                                            "exit 1"),
 ) -> None:
     """Export an arch to ONNX/TFLite/TensorRT, verify against PyTorch, measure; manifest."""
     from hwnas.export import export
 
     res = export(arch, out, format.split(","), space=space, checkpoint=checkpoint,
                  devices=device, fp16=fp16, int8=int8, dynamic_batch=dynamic_batch,
-                 simplify=simplify, lut_dir=lut, seed=seed)
+                 simplify=simplify, lut_dir=lut, seed=seed, allow_missing=allow_missing)
     _show(*res.tables(), notes=res.notes())
 
 @app.command("evaluate")
@@ -419,6 +435,10 @@ def _show(*tables, notes: list[str] = ()) -> None:
         console.print(note, highlight=False)
 
 
+def _show_search(res) -> None:
+    _show(res.table(), notes=[f"{label}: {path}" for label, path in res.files.items()])
+
+
 def _show_report(report) -> None:
     _show(report.table(), notes=[f"{label}: {path}" for label, path in report.files.items()])
 
@@ -436,17 +456,6 @@ def _numbers(text: str, flag: str, cast, what: str) -> list:
         return [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise HwnasError(f"{flag} must be comma-separated {what}, got {text!r}") from None
-
-
-def _read_archs(path: Path, sp):
-    from hwnas.errors import ArchError, read_json
-
-    obj = read_json(path, ArchError, "arch file")
-    items = obj if isinstance(obj, list) else [obj]
-    try:
-        return [sp.arch(item) for item in items]
-    except ArchError as exc:
-        raise ArchError(f"{path}: {exc}") from None
 
 
 def command() -> typer.core.TyperGroup:
@@ -474,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     except HwnasError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}",
                                                    highlight=False)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import yaml
 
-from hwnas.errors import DeviceError
+from hwnas.errors import DeviceError, read_yaml
 
 if TYPE_CHECKING:
     from hwnas.display import Table
 
 HARDWARE = ("cpu", "cuda", "android")
 PRECISIONS = ("fp32", "fp16")
+MAX_THREADS = 1024
+# Upper bounds of the measurement protocol (beyond them a table would take days, or the
+# sample arrays more memory than any machine has).
+PROTOCOL_LIMITS = {"warmup": 10_000, "runs": 100_000, "rounds": 1_000, "max_retries": 100,
+                   "window": 1_000_000}
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
@@ -156,8 +160,8 @@ def parse_device(data: Any, where: str = "device") -> Device:
         raise _fail(where, f"backend {backend!r} cannot run on hardware {hardware!r}; it runs on "
                            f"{list(runs_on)}")
     threads = _typed(where, "threads", data.get("threads", 1), int, "an integer")
-    if threads < 1:
-        raise _fail(where, f"field 'threads' must be >= 1, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise _fail(where, f"field 'threads' must be in 1..{MAX_THREADS}, got {threads}")
     precision = data.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise _fail(where, f"field 'precision' = {precision!r} is not allowed; allowed: "
@@ -189,6 +193,10 @@ def parse_device(data: Any, where: str = "device") -> Device:
     protocol = _section(where, "protocol", data.get("protocol"), MeasureProtocol)
     if protocol.runs < 1 or protocol.rounds < 1:
         raise _fail(where, "protocol.runs and protocol.rounds must be >= 1")
+    for key, most in PROTOCOL_LIMITS.items():
+        if getattr(protocol, key) > most:
+            raise _fail(where, f"field 'protocol.{key}' = {getattr(protocol, key)} is more than "
+                               f"{most:,}; allowed: 0..{most:,} (runs and rounds from 1)")
     android = None
     if backend == "adb-tflite":
         android = _section(where, "android", data.get("android"), AndroidSettings)
@@ -237,18 +245,25 @@ def load_device(name_or_path: str | Path | Device) -> Device:
     if isinstance(name_or_path, Device):
         return name_or_path
     path = find_device_file(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DeviceError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, DeviceError, "device file")
     device = parse_device(data, where=str(path))
     return dataclasses.replace(device, path=str(path))
 
 
 def check_usable(device: Device) -> str | None:
     """None if this machine can run ``device``, else what is missing, in words."""
+    import os
+
     from hwnas.backends import get_backend_class
 
+    if device.cpu_affinity and hasattr(os, "sched_getaffinity"):
+        have = sorted(os.sched_getaffinity(0))
+        missing = sorted(set(device.cpu_affinity) - set(have))
+        if missing:
+            return f"cpu_affinity names core(s) {missing} this machine lacks; it has {have}"
+    if device.hardware == "cpu" and device.threads > (os.cpu_count() or 1):
+        return (f"threads: {device.threads} on a machine with {os.cpu_count()} cores would "
+                f"measure contention, not the device")
     return get_backend_class(device.backend).check(device)
 
 

@@ -90,13 +90,34 @@ def parse(space: SearchSpace, obj: Any = None, /, **fields: Any) -> Arch:
     return Arch(r=r, d=d, k=k, e=e)
 
 
-def load(space: SearchSpace, path: str | Path) -> Arch:
-    """Read an arch from a JSON file (the JSON form or OFA's)."""
+def load_many(space: SearchSpace, path: str | Path) -> list[Arch]:
+    """Every arch of a JSON file: one arch, or a non-empty list of them; an entry may be
+    wrapped as ``{"arch": ...}`` (as ``pareto.json`` writes them). Every entry is checked,
+    and a bad one is named by its index."""
     obj = read_json(path, ArchError, "arch file")
-    try:
-        return parse(space, obj)
-    except ArchError as exc:
-        raise ArchError(f"{path}: {exc}") from None
+    items = obj if isinstance(obj, list) else [obj]
+    if not items:
+        raise ArchError(f"{path} holds an empty list; it needs at least one arch")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping) and set(item) >= {"arch"} and isinstance(item["arch"],
+                                                                              Mapping):
+            item = item["arch"]
+        try:
+            out.append(parse(space, item))
+        except ArchError as exc:
+            where = f"{path}" if not isinstance(obj, list) else f"{path} entry {i}"
+            raise ArchError(f"{where}: {exc}") from None
+    return out
+
+
+def load(space: SearchSpace, path: str | Path) -> Arch:
+    """The one arch of a JSON file (the JSON form or OFA's; a one-entry list too)."""
+    archs = load_many(space, path)
+    if len(archs) > 1:
+        raise ArchError(f"{path} holds {len(archs)} archs; give a file with one (e.g. a "
+                        f"run's best.json, or one entry of its pareto.json)")
+    return archs[0]
 
 
 def _check_list(space: SearchSpace, name: str, value: Any, length: int) -> list:
@@ -333,4 +354,4 @@ def crossover(A: np.ndarray, B: np.ndarray, rng: np.random.Generator
 
 
 __all__ = ["bounds", "canonical", "check_vector", "crossover", "decode", "encode", "load",
-           "mutate", "n_var", "name", "parse", "parse_name", "resolution_genes", "sample"]
+           "load_many", "mutate", "n_var", "name", "parse", "parse_name", "resolution_genes", "sample"]

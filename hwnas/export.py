@@ -42,11 +42,24 @@ TOLERANCE: dict[str, tuple[float, float] | None] = {
 
 
 class ExportError(HwnasError):
-    """A stage of an export failed; ``stage`` names it."""
+    """A stage of an export failed; ``stage`` names it. Refused input (stage ``arch``)
+    exits 2, failed work 1."""
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, exit_code: int | None = None) -> None:
         super().__init__(f"export failed at stage '{stage}': {message}")
         self.stage = stage
+        self.exit_code = exit_code if exit_code is not None else 2 if stage == "arch" else 1
+
+
+class ExportIncomplete(ExportError):
+    """A requested format or measurement could not be made on this machine, and was not
+    allowed to be missing (``allow_missing``)."""
+
+    def __init__(self, missing: Sequence[dict[str, Any]]) -> None:
+        HwnasError.__init__(self, "export incomplete: " + "; ".join(
+            f"{m['stage']}: {m['why']}" for m in missing) + " (allow the skip with "
+            "--allow-missing " + " --allow-missing ".join(m["what"] for m in missing) + ")")
+        self.stage, self.exit_code = missing[0]["stage"], 1
 
 
 class MismatchError(ExportError):
@@ -95,7 +108,7 @@ class ExportResult:
 # ------------------------------------------------------------------------ inputs
 def read_arch(source: str | Path | dict | Arch, space: SearchSpace) -> Arch:
     """An arch from an :class:`Arch`, a dict (hwnas or OFA keys), a JSON file holding one
-    (or ``{"arch": ...}`` as in ``pareto.json``, or a list: the first), or a search run
+    (or ``{"arch": ...}`` as in ``pareto.json``, or a one-entry list), or a search run
     folder (its ``best.json``)."""
     if isinstance(source, Arch):
         return space.arch(source)
@@ -107,17 +120,7 @@ def read_arch(source: str | Path | dict | Arch, space: SearchSpace) -> Arch:
             raise ArchError(f"{path} is a folder without best.json; pass an arch JSON file "
                             f"or a search run folder")
         path = path / "best.json"
-    obj = read_json(path, ArchError, "arch file")
-    if isinstance(obj, list):
-        if not obj:
-            raise ArchError(f"{path} holds an empty list; it needs an arch")
-        obj = obj[0]
-    if not isinstance(obj, dict):
-        raise ArchError(f"{path} must hold an arch object (r, d, k, e or OFA's ks, e, d)")
-    try:
-        return space.arch(obj.get("arch", obj))
-    except ArchError as exc:
-        raise ArchError(f"{path}: {exc}") from None
+    return space.load_arch(path)
 
 
 def space_for(source: Any, checkpoint: str | Path | None, space: str | None) -> SearchSpace:
@@ -347,9 +350,15 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
            checkpoint: str | Path | None = None, devices: Sequence[str] = (),
            fp16: bool = False, int8: bool = False, dynamic_batch: bool = False,
            simplify: bool = True, lut_dir: str | Path = "lut", measure: bool = True,
-           seed: int = 0, progress: bool = True) -> ExportResult:
+           seed: int = 0, progress: bool = True,
+           allow_missing: Sequence[str] = ()) -> ExportResult:
     """Export ``arch`` in ``formats`` into ``out_dir``, verify each file, and measure the
-    matching file on each of ``devices``; returns the manifest (also ``manifest.json``)."""
+    matching file on each of ``devices``; returns the manifest (also ``manifest.json``).
+
+    A requested format or device this machine cannot produce or run (TensorRT without a
+    GPU, say) is skipped and recorded, and then the export is *incomplete*: the manifest
+    says ``"status": "incomplete"`` and :class:`ExportIncomplete` is raised, unless its name
+    is in ``allow_missing``. Any failure leaves the manifest ``"failed"`` with its stage."""
     formats = _check_formats(formats)
     sp = space if isinstance(space, SearchSpace) else space_for(arch, checkpoint, space)
     a = read_arch(arch, sp)
@@ -392,7 +401,8 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
                 bar.update(task, description=f"measure {d.name}")
                 problem = check_usable(d)
                 if problem:
-                    man.doc["skipped"].append({"stage": f"measure {d.name}", "why": problem})
+                    man.doc["skipped"].append({"stage": f"measure {d.name}", "why": problem,
+                                               "what": d.name})
                 elif measure:
                     man.stage(f"measure {d.name}")
                     man.doc["latency"].append(_measure(d, job, lut_dir))
@@ -405,9 +415,19 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
         stage = man.doc["stage"] or "arch"
         man.doc.update(status="failed", error=str(exc), failed_stage=stage)
         man.write()
-        raise ExportError(stage, str(exc)) from None
-    man.doc.update(status="ok", stage="done")
+        raise ExportError(stage, str(exc), exc.exit_code) from None  # bad input stays 2
+    except BaseException as exc:  # a bug, or Ctrl-C: recorded, then raised as it is
+        man.doc.update(status="failed", failed_stage=man.doc["stage"] or "arch",
+                       error=f"{type(exc).__name__}: {exc}")
+        man.write()
+        raise
+    missing = [s for s in man.doc["skipped"] if s["what"] not in set(allow_missing)]
+    for s in man.doc["skipped"]:
+        s["allowed"] = s["what"] in set(allow_missing)
+    man.doc.update(status="incomplete" if missing else "ok", stage="done")
     man.write()
+    if missing:
+        raise ExportIncomplete(missing)
     return ExportResult(out, man.path, man.doc, job.files)
 
 
@@ -488,7 +508,8 @@ def export_tensorrt(job: ExportJob) -> None:
     base = load_device("cuda-tensorrt")
     problem = TensorRTBackend.check(base)
     if problem:
-        man.doc["skipped"].append({"stage": "tensorrt build", "why": problem})
+        man.doc["skipped"].append({"stage": "tensorrt build", "why": problem,
+                                   "what": "tensorrt"})
         man.write()
         return
     ort_run = onnx_runner(onnx_path)
@@ -497,18 +518,20 @@ def export_tensorrt(job: ExportJob) -> None:
         dev = dataclasses.replace(base, precision=precision)
         backend = TensorRTBackend(dev, cache_dir=out / ".trt-cache")
         key = f"{file_record(onnx_path, 'onnx', 'onnx')['sha256']}|{precision}"
+        path = out / ("model.engine" if precision == "fp32" else "model-fp16.engine")
         try:
             engine = backend.build_engine(onnx_path, shape, key)
-            runner = backend.load(onnx_path, shape, key)
+            atomic_write(path, lambda tmp: tmp.write_bytes(engine))
+            runner = backend.load(path, shape)  # the exported file, as a device will run it
         except HwnasError as exc:
             raise ExportError(f"{variant} build", str(exc)) from None
-        path = out / ("model.engine" if precision == "fp32" else "model-fp16.engine")
-        atomic_write(path, lambda tmp: tmp.write_bytes(engine))
         files[variant] = path
         man.doc["files"].append(file_record(path, "tensorrt", variant))
         man.stage(f"{variant} verify")
         man.doc["checks"].append({"format": "tensorrt", "against": "onnxruntime", **compare(
             variant, runner.infer, ort_run, inputs, f"{variant} verify")})
+        man.doc["files"][-1]["layer_times"] = runner.info["layer_times"]()[:20]
+        runner.close()
 
 
 FORMATS.register("onnx", ExportFormat(export_onnx))
@@ -525,8 +548,8 @@ def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
     from hwnas.profile import pinned, time_runner
 
     fmt = _device_format(device)
-    fp16 = fmt == "tflite" and device.precision == "fp16" and "tflite-fp16" in files
-    variant = "tflite-fp16" if fp16 else fmt
+    variant = f"{fmt}-fp16" if fmt and device.precision == "fp16" and f"{fmt}-fp16" in files \
+        else fmt
     backend = get_backend(device, out / ".cache" / device.name)
     try:
         with pinned(device.cpu_affinity):
@@ -539,7 +562,8 @@ def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
     predicted, how = predict_latency(device.name, arch, space, lut_dir)
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
            "measured_ms": stats["latency_ms"], "spread": stats["spread"],
-           "count": stats["count"], "predicted_ms": predicted, "predictor": how}
+           "count": stats["count"], "statistic": stats["statistic"],
+           "predicted_ms": predicted, "predictor": how}
     row["measured/predicted"] = stats["latency_ms"] / predicted if predicted else None
     return row
 
@@ -556,5 +580,5 @@ def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | 
         return None, f"no prediction: {exc}"
 
 
-__all__ = ["ExportError", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",
+__all__ = ["ExportError", "ExportIncomplete", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",
            "export", "read_arch", "verification_inputs"]

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from hwnas.errors import ArchError, HwnasError, LutError, read_json
+from hwnas.errors import ArchError, HwnasError, LutError, read_json, read_yaml
 from hwnas.space import OFA_RESOLUTIONS, Arch, SearchSpace, format_resolutions, get_space
 
 
@@ -430,14 +430,7 @@ class ImportedTable:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LutError(f"{path}: cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise LutError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    data = read_yaml(path, LutError, "latency table")
     if not isinstance(data, dict) or not data:
         raise LutError(f"{path}: expected a map of OFA latency keys to {{count, mean, std}}")
     return data
@@ -504,7 +497,8 @@ def latency_rows(folder: str | Path, space: SearchSpace) -> tuple[list[dict], di
                          "p10_ms": float("nan"), "p90_ms": float("nan"),
                          "spread": float("nan"), "count": min(p[2] for p in parts),
                          "attempts": 1, "std_ms": float(np.sqrt(sum(p[1] ** 2 for p in parts))),
-                         "ofa_keys": "+".join(keys), "r": r})
+                         "ofa_keys": "+".join(keys), "r": r,
+                         "statistic": "mean of OFA's runs (sum of its rows)"})
         foreign = sorted(set(entries) - used)
         if foreign:
             raise LutError(f"{path}: key {foreign[0]!r} is no op of space {space.name!r} at "

@@ -27,6 +27,7 @@ pickle. A predictor fitted for another space or device is refused unless asked.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -263,7 +264,8 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
             problems.append("it was fitted on another device/runtime: " + "; ".join(diff))
     if problems and not allow_mismatch:
         raise PredictorError(f"refusing {path}: " + "; ".join(problems)
-                             + " (pass allow_mismatch / --allow-mismatch to use it anyway)")
+                             + " (refit it on this device's tables, or pass allow_mismatch / "
+                             "'hwnas predictor eval --allow-mismatch' to use it anyway)")
     if table is None and doc.get("lut") and kind != "macs-linear":
         try:
             table = LatencyTable.load(path.parent / doc["lut"], file_space)
@@ -278,11 +280,11 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
             if params is not None else PREDICTORS.get(kind)._from_old_file(
                 table, file_space, state, path)
         pred._restore(state, path)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, PredictorError):
-            raise
+    except PredictorError as exc:
+        raise PredictorError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PredictorError(f"{path}: its {kind} model cannot be read ({type(exc).__name__}:"
-                             f" {exc})") from None
+                             f" {' '.join(str(exc).split())[:160]})") from None
     pred.fitted = True
     pred.train_hash = doc.get("train_hash")
     pred.train_metrics = doc.get("train_metrics") or {}
@@ -391,6 +393,12 @@ class XGBParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            number = (int,) if f.type == "int" else (int, float)
+            if isinstance(v, bool) or not isinstance(v, number):
+                raise PredictorError(f"XGBoost parameter {f.name}={v!r} is not allowed; must be "
+                                     f"{'an integer' if f.type == 'int' else 'a number'}")
         check_settings([("n_estimators", self.n_estimators >= 1, ">= 1"),
                         ("max_depth", 1 <= self.max_depth <= 16, "1..16"),
                         ("learning_rate", 0 < self.learning_rate <= 1, "in (0, 1]"),
@@ -443,12 +451,24 @@ class TreeEnsemble:
         return [json.loads(b.save_raw("json")) for b in self.boosters]
 
     def load_json(self, models: Sequence[Mapping]) -> "TreeEnsemble":
+        """Members from XGBoost JSON models (as many as the ensemble has)."""
+        import re
+
         import xgboost as xgb
 
+        if not isinstance(models, list) or len(models) != self.members:
+            raise PredictorError(f"expected {self.members} XGBoost model(s), got "
+                                 f"{len(models) if isinstance(models, list) else models!r:.40}")
         self.boosters = []
         for model in models:
             b = xgb.Booster()
-            b.load_model(bytearray(json.dumps(model).encode()))
+            try:
+                b.load_model(bytearray(json.dumps(model).encode()))
+            except xgb.core.XGBoostError as exc:  # strip XGBoost's "[time] file.cc:line: "
+                first = str(exc).strip().splitlines()[0]
+                raise PredictorError(f"not an XGBoost model: "
+                                     f"{re.sub(r'^.*?[.](cc|h):[0-9]+: ', '', first)[:120]}"
+                                     ) from None
             b.set_param({"nthread": 1})
             self.boosters.append(b)
         return self
@@ -674,16 +694,19 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     saying what to run when there is neither."""
     from hwnas.devices import find_device_file
     from hwnas.errors import DeviceError
-    from hwnas.lut import table_paths
+    from hwnas.lut import read_table, table_paths
 
     file = Path(path) if path else default_predictor_path(device, lut_dir)
+    op_path, _ = table_paths(device, lut_dir)
     if file.exists():
         try:
-            pred = load_predictor(file, space=space)
+            # the device's own table says what it was measured on: a predictor fitted on
+            # another device or runtime (say 8 threads against 1) is refused, as in eval
+            measured = read_table(op_path)[1].get("fingerprint") if op_path.exists() else None
+            pred = load_predictor(file, space=space, fingerprint=measured)
         except (PredictorError, LutError) as exc:
             raise PredictorError(f"latency:{device}: {exc}") from None
         return pred, f"{pred.kind} ({file})"
-    op_path, _ = table_paths(device, lut_dir)
     if lut_sum_fallback and op_path.exists():
         try:
             return LutSum(LatencyTable.load(op_path, space)), f"lut-sum ({op_path})"

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from hwnas.devices import Device, device_fingerprint, fingerprint_diff, load_device
-from hwnas.errors import LutError
+from hwnas.errors import DeviceError, LutError
 from hwnas.display import progress as progress_bar
 from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
 from hwnas.ops import OpSpec, build_network, count, ops, unique_ops
@@ -132,6 +132,10 @@ class Journal:
         write_table(df, self.path, {**self.meta, "kind": "journal"})
 
 
+# What a row's latency is when the runtime times each call (see ``Runner.time``).
+PER_CALL = "median of per-call times"
+
+
 def summarize(samples_ms: np.ndarray) -> dict[str, float]:
     """Median, p10, p90, spread and count of timed calls (ms)."""
     med = float(np.median(samples_ms))
@@ -148,7 +152,11 @@ def pinned(cores: Sequence[int] | None):
         yield
         return
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(cores))
+    try:
+        os.sched_setaffinity(0, set(cores))
+    except OSError as exc:
+        raise DeviceError(f"cannot pin to cores {sorted(cores)} ({exc.strerror}); this machine "
+                          f"has {sorted(before)}") from None
     try:
         yield
     finally:
@@ -172,7 +180,9 @@ class Profiler:
         self.meta = {"kind": kind, "fingerprint": self.fingerprint,
                      "space": self.space.to_dict(), "device": self.device.to_dict(),
                      "protocol": self.device.protocol.__dict__}
-        self.backend = get_backend(self.device, cache_dir)
+        # converted models are kept beside the tables they were timed for
+        self.backend = get_backend(self.device, cache_dir or self.path.parent / ".cache" /
+                                   self.device.name)
 
     def _existing(self) -> pd.DataFrame | None:
         if not self.path.exists():
@@ -258,6 +268,7 @@ class Profiler:
                 if key not in best or stats["spread"] < best[key]["spread"]:
                     best[key] = stats
             todo = [k for k in todo if best[k]["spread"] > p.max_spread]
+        statistic = {k: r.info.get("statistic", PER_CALL) for k, r in runners.items()}
         for r in runners.values():
             r.close()
         result.timing_s += time.perf_counter() - t1
@@ -266,8 +277,8 @@ class Profiler:
             result.notes.append(f"{len(noisy)} row(s) stayed above spread "
                                 f"{p.max_spread:g} after {p.max_retries} re-measurements")
         by_key = {it.key: it for it in items}
-        return [{**by_key[k].row, **best[k], "measured_at": pd.Timestamp.now(tz="UTC")}
-                for k in by_key]
+        return [{**by_key[k].row, **best[k], "statistic": statistic[k],
+                 "measured_at": pd.Timestamp.now(tz="UTC")} for k in by_key]
 
 
 # ----------------------------------------------------------------------- public API
@@ -341,6 +352,7 @@ def time_runner(runner, protocol) -> dict[str, float]:
             samples.append(runner.time(protocol.runs) * 1e3)
         stats = summarize(np.concatenate(samples))
         stats["attempts"] = attempt + 1
+        stats["statistic"] = runner.info.get("statistic", PER_CALL)
         if best is None or stats["spread"] < best["spread"]:
             best = stats
         if best["spread"] <= protocol.max_spread:

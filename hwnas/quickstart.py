@@ -108,6 +108,27 @@ class QuickstartResult:
         return [chosen, Table("files", ["what", "where"], [[k, v] for k, v in self.files.items()])]
 
 
+def _search_folder(out: Path, settings: dict[str, Any]) -> Path:
+    """``out/search`` holding the search with these settings. A search with other settings
+    (another budget, say) is moved aside to ``out/search-<its settings' hash>``, never
+    deleted, and a kept one with these settings comes back to be resumed."""
+    import hashlib
+
+    def tag(cfg: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+
+    run_dir, saved = out / "search", out / "search" / "config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old == settings:
+            return run_dir
+        run_dir.rename(out / f"search-{tag(old)}")
+    kept = out / f"search-{tag(settings)}"
+    if kept.exists():
+        kept.rename(run_dir)
+    return run_dir
+
+
 def _device(name: str, cfg: QuickstartConfig):
     from hwnas.devices import load_device
 
@@ -202,14 +223,9 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
                         budgets_ms=(round(budget, 4),), algorithm=cfg.algorithm,
                         evaluations=cfg.evaluations, pop_size=cfg.pop_size, seed=cfg.seed,
                         lut_dir=str(lut), checkpoint=str(tres.checkpoint), calib_batches=2)
-    run_dir = out / "search"
-    saved = run_dir / "config.json"
-    same = saved.exists() and json.loads(saved.read_text()) == scfg.to_dict()
-    if saved.exists() and not same:  # another budget or size: search again
-        import shutil
-
-        shutil.rmtree(run_dir)
-    sres = search(scfg, run_dir, resume=same, progress=progress)
+    run_dir = _search_folder(out, scfg.to_dict())
+    sres = search(scfg, run_dir, resume=(run_dir / "config.json").exists(),
+                  progress=progress)
     secs["search"] = time.perf_counter() - t
     if not sres.best:
         raise QuickstartError(f"the search found no arch under {budget:.3f} ms")

@@ -26,3 +26,14 @@ def default():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input tally (tests/test_bad_input.py): inputs tried, inputs refused cleanly."""
+    import sys
+
+    module = sys.modules.get("test_bad_input")
+    if module is not None and module.TALLY["tried"]:
+        t = module.TALLY
+        terminalreporter.write_line(f"bad input: {t['tried']} tried, {t['refused cleanly']} "
+                                    f"refused cleanly ({t['refused cleanly'] / t['tried']:.0%})")

@@ -148,3 +148,49 @@ def test_backend_pushes_once_and_reads_the_median(small, tmp_path):
     t = runner.time(100)
     assert len(run.calls) == 4 and "--num_runs=100" in run.calls[-1][-1]
     assert runner.info["warmup_inside"]
+
+
+def test_the_gpu_delegate_must_take_the_whole_model(small, tmp_path):
+    """A partly delegated model runs the rest on the phone's CPU: never timed as GPU."""
+    from hwnas.backends.adb_tflite import check_delegation, delegation
+
+    assert delegation(fixture("benchmark_model_gpu.txt")) == "complete"
+    assert delegation(fixture("benchmark_model_logcat.txt")) == "partial (44 delegate kernels)"
+    assert delegation("INFO: Though GPU delegate is explicitly applied, the model graph will "
+                      "not be executed by the delegate.") == "none"
+    assert delegation(fixture("benchmark_model_median.txt")) is None
+    check_delegation(fixture("benchmark_model_gpu.txt"), use_gpu=True)
+    check_delegation(fixture("benchmark_model_logcat.txt"), use_gpu=False)  # CPU run: fine
+    with pytest.raises(BackendError, match="delegate took partial \\(44 delegate kernels\\)"):
+        check_delegation(fixture("benchmark_model_logcat.txt"), use_gpu=True)
+    argv = benchmark_command(_settings(use_gpu=True), "/d/m.tflite", 1, 1, 5)
+    assert "--require_full_delegation=true" in argv[-1]
+    dev = load_device("android-tflite-gpu")
+    answers = [(0, "", "")] * 2 + [(0, fixture("benchmark_model_gpu.txt"), ""),
+                                   (0, fixture("benchmark_model_logcat.txt"), "")]
+    backend = AdbTFLiteBackend(dev, tmp_path, adb=Adb(dev.android, runner=FakeRun(answers)))
+    op = next(o for o in __import__("hwnas.ops", fromlist=["x"]).unique_ops(small, [32])
+              if o.kind == "mbconv")
+    runner = backend.prepare(op.build(), op.input_shape, op.key)
+    assert np.allclose(runner.time(50), [119375e-6])
+    with pytest.raises(BackendError, match="did not run the whole model"):
+        runner.time(50)
+
+
+def test_a_visit_is_one_statistic_and_the_table_says_which(small, tmp_path):
+    """benchmark_model reports statistics of its runs, not each run: a visit yields one
+    value, and what it is (its median, or its mean on builds without one) is recorded."""
+    from hwnas.profile import time_runner
+
+    dev = load_device("android-tflite-cpu")
+    answers = [(0, "", "")] * 2 + [(0, fixture("benchmark_model_gpu.txt"), "")] * 3
+    backend = AdbTFLiteBackend(dev, tmp_path, adb=Adb(dev.android, runner=FakeRun(answers)))
+    op = next(o for o in __import__("hwnas.ops", fromlist=["x"]).unique_ops(small, [32])
+              if o.kind == "mbconv")
+    runner = backend.prepare(op.build(), op.input_shape, op.key)
+    assert runner.info["per_call"] is False
+    protocol = dataclasses.replace(dev.protocol, rounds=3, max_retries=0)
+    stats = time_runner(runner, protocol)
+    assert stats["count"] == 3  # three visits, not 3 x runs calls
+    assert stats["statistic"] == ("benchmark_model's mean of 50 runs per visit; p10/p90 and "
+                                  "spread across visits")

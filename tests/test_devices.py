@@ -43,7 +43,9 @@ BASE = {"name": "d", "backend": "onnxruntime", "hardware": "cpu"}
     ({"backend": "coreml"}, ["'backend'", "coreml", "allowed"]),
     ({"hardware": "tpu"}, ["'hardware'", "tpu"]),
     ({"backend": "tensorrt"}, ["tensorrt", "cannot run on hardware 'cpu'", "cuda"]),
-    ({"threads": 0}, ["'threads'", ">= 1"]),
+    ({"threads": 0}, ["'threads'", "1..1024"]),
+    ({"threads": 5000}, ["'threads'", "1..1024", "5000"]),
+    ({"protocol": {"runs": 10 ** 9}}, ["protocol.runs", "100,000"]),
     ({"threads": "two"}, ["'threads'", "integer", "str"]),
     ({"threads": True}, ["'threads'", "integer"]),
     ({"precision": "int4"}, ["'precision'", "int4", "fp32"]),
@@ -144,4 +146,4 @@ def test_devices_command(tmp_path):
     bad.write_text("name: bad\nbackend: onnxruntime\nhardware: cpu\nthreads: 0\n")
     r = subprocess.run([sys.executable, "-m", "hwnas", "devices", str(bad)],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "'threads' must be >= 1" in r.stdout
+    assert r.returncode == 2 and "'threads' must be in 1..1024" in r.stdout

@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 import hwnas.convert
 from hwnas.errors import HwnasError
-from hwnas.export import ExportError, MismatchError, compare, export, read_arch
+from hwnas.export import (ExportError, ExportIncomplete, MismatchError, compare, export,
+                          read_arch)
 from hwnas.predictor import LutSum
 
 needs_litert = pytest.mark.skipif(
@@ -141,11 +142,34 @@ def test_tensorrt_is_skipped_with_a_reason_without_it(small, tmp_path):
     problem = TensorRTBackend.check(load_device("cuda-tensorrt"))
     if problem is None:
         pytest.skip("TensorRT is available here; the GPU test covers it")
-    res = export(small.smallest(), tmp_path, ["onnx", "tensorrt"], space=small,
-                 progress=False)
-    assert res.ok
+    # asked for and not produced: incomplete, never "ok" (exit 1 from the CLI)
+    with pytest.raises(ExportIncomplete, match="tensorrt build.*--allow-missing tensorrt") \
+            as failed:
+        export(small.smallest(), tmp_path / "a", ["onnx", "tensorrt"], space=small,
+               progress=False)
+    assert failed.value.exit_code == 1
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["status"] == "incomplete" and m["skipped"][0]["allowed"] is False
+    assert (tmp_path / "a" / "model.onnx").exists()  # what could be made is there
+    # the skip accepted explicitly
+    res = export(small.smallest(), tmp_path / "b", ["onnx", "tensorrt"], space=small,
+                 progress=False, allow_missing=["tensorrt"])
+    assert res.ok and res.manifest["skipped"][0]["allowed"] is True
     assert res.manifest["skipped"][0]["stage"] == "tensorrt build"
     assert "tensorrt" in res.manifest["skipped"][0]["why"].lower()
+
+
+def test_a_failure_of_any_kind_leaves_the_manifest_failed(small, tmp_path, monkeypatch):
+    """Not only deliberate errors: a bug or an interrupt mid-export is recorded too."""
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(hwnas.convert, "to_onnx", broken)
+    with pytest.raises(ZeroDivisionError):
+        export(small.smallest(), tmp_path, ["onnx"], space=small, progress=False)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["failed_stage"] == "onnx export"
+    assert m["error"] == "ZeroDivisionError: a bug"
 
 
 @pytest.mark.gpu

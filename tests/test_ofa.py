@@ -256,7 +256,7 @@ def test_bad_latency_tables_are_refused_by_name(tmp_path, capsys):
     with pytest.raises(LutError, match=f"key '{odd}' is no op of space"):
         import_latency_tables(bad, "x", "default-w1.2", tmp_path / "lut")
     f.write_text("a: [1, 2\n")
-    with pytest.raises(LutError, match="192_lookup_table.yaml: not valid YAML"):
+    with pytest.raises(LutError, match="192_lookup_table.yaml is not valid YAML"):
         import_latency_tables(bad, "x", "default-w1.2", tmp_path / "lut")
     f.unlink()
     with pytest.raises(LutError, match=r"no table for resolution\(s\) \[192\]"):

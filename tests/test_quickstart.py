@@ -93,6 +93,11 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert json.loads((out / "search" / "config.json").read_text())["budgets_ms"] == [loose]
     assert third.budget_ms == loose
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before
+    kept = list(out.glob("search-*"))  # the first search is moved aside, never deleted
+    assert len(kept) == 1 and (kept[0] / "archive.parquet").exists()
+    fourth = run(quick(out), progress=False)  # back to the first budget: it is resumed
+    assert fourth.arch == res["arch"] and fourth.budget_ms == res["budget_ms"]
+    assert len(list(out.glob("search-*"))) == 1  # now the loose budget's search is kept
 
 
 def test_quickstart_bad_settings_are_refused(tmp_path):

@@ -296,3 +296,30 @@ def test_a_search_that_found_nothing_finishes_empty(small, predictor, tmp_path):
     empty = pd.DataFrame(columns=list(ARCHIVE_COLUMNS))
     assert best_per_budget(empty, cfg) == {}
     assert archive_objectives(empty, cfg.parsed_objectives).shape == (0, 2)
+
+
+def test_resume_from_the_command_line_needs_only_the_folder(lut_dir, tmp_path, capsys):
+    """``hwnas search --resume DIR`` alone continues DIR from its own config.json (the
+    README's command); a second --out is refused rather than silently ignored."""
+    from hwnas.cli import main
+
+    def cli(*argv):
+        try:
+            main(list(argv))
+            return 0
+        except SystemExit as exc:
+            return exc.code
+
+    run = tmp_path / "run"
+    assert cli("search", "--space", "small", "--objectives", f"latency:{DEV},params",
+               "--evaluations", "30", "--pop-size", "10", "--lut", str(lut_dir),
+               "--out", str(run)) == 0
+    first = pd.read_parquet(run / "archive.parquet")
+    capsys.readouterr()
+    assert cli("search", "--resume", str(run)) == 0  # no --device, no --space needed
+    out = capsys.readouterr().out
+    assert "best per budget" in out and "archive:" in out
+    again = pd.read_parquet(run / "archive.parquet")
+    assert list(again["key"])[:len(first)] == list(first["key"])  # replayed, not redone
+    assert cli("search", "--resume", str(run), "--out", str(tmp_path / "x")) == 2
+    assert "drop --out" in capsys.readouterr().err

@@ -137,3 +137,20 @@ def test_the_registry_pattern():
     assert all(BACKENDS.get(n).name == n and BACKENDS.get(n).hardware for n in BACKENDS)
     assert FORMATS.choices() == ["onnx", "tflite", "tensorrt"]
     assert "transfer" in PREDICTORS and SPACES.choices() == ["default", "default-w1.2", "small"]
+
+
+def test_the_pymoo_bound_admits_only_releases_that_seed_operators():
+    """pymoo passes ``random_state`` to operators' ``_do`` from 0.6.1.6 on (checked in
+    the wheels of 0.6.1.3, 0.6.1.5 and 0.6.1.6); the search's operators need it."""
+    import inspect
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    from pymoo.core.sampling import Sampling
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    spec = Requirement(project["project"]["optional-dependencies"]["search"][0]).specifier
+    assert Version("0.6.1.5") not in spec and Version("0.6.1.6") in spec
+    assert "random_state" in inspect.signature(Sampling.do).parameters  # what is installed

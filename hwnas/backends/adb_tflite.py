@@ -119,6 +119,32 @@ def parse_benchmark_output(text: str) -> BenchmarkTimings:
         warmup_avg_us=warm_avg if len(blocks) > 1 else None)
 
 
+def delegation(text: str) -> str | None:
+    """What ``benchmark_model`` says the GPU delegate took: ``"complete"``, ``"partial (N
+    kernels)"``, ``"none"``, or None when it printed no such line."""
+    for line in text.splitlines():
+        if "completely executed by the delegate" in line:
+            return "complete"
+        m = re.search(r"partially executed by the delegate w/ (\d+) delegate kernels", line)
+        if m:
+            return f"partial ({m.group(1)} delegate kernels)"
+        if "will not be executed by the delegate" in line:
+            return "none"
+    return None
+
+
+def check_delegation(text: str, use_gpu: bool) -> None:
+    """With the GPU delegate asked for, refuse a run the delegate did not take whole: the
+    rest would have run on the phone's CPU, and the table would call it GPU."""
+    if not use_gpu:
+        return
+    took = delegation(text)
+    if took != "complete":
+        said = "printed no delegation line" if took is None else f"says the delegate took {took}"
+        raise BackendError(f"the GPU delegate did not run the whole model: benchmark_model "
+                           f"{said}; a partly delegated model times CPU and GPU together")
+
+
 _LOGCAT = re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+[VDIWEF]\s+[\w.]+\s*:\s?")
 
 
@@ -179,7 +205,8 @@ def benchmark_command(settings, graph: str, threads: int, warmup: int, runs: int
                f"--warmup_runs={warmup}", f"--num_runs={runs}",
                "--warmup_min_secs=0", "--min_secs=0"]
     if settings.use_gpu:
-        remote.append("--use_gpu=true")
+        # never time a model the delegate only partly takes (the rest runs on the CPU)
+        remote += ["--use_gpu=true", "--require_full_delegation=true"]
         # fp16 lets the delegate compute in half precision (its default); fp32 forbids it
         loss = "true" if precision == "fp16" else "false"
         remote.append(f"--gpu_precision_loss_allowed={loss}")
@@ -305,11 +332,21 @@ class AdbTFLiteBackend(Backend):
         remote = f"{self.settings.remote_dir.rstrip('/')}/{local.name}"
         self.adb(push_command(self.settings, local, remote))
         warmup = self.device.protocol.warmup
+        info: dict[str, Any] = {"tflite": str(local), "remote": remote,
+                                "warmup_inside": True, "per_call": False}
 
         def timed(n: int) -> np.ndarray:
+            """One value per visit: benchmark_model reports statistics of its n runs, not
+            each run, so this is its median of them (its mean on builds that print no
+            median), and ``info["statistic"]`` says which."""
             out = self.adb(benchmark_command(self.settings, remote, self.device.threads,
                                              warmup, n, precision=self.device.precision))
-            return np.array([parse_benchmark_output(out).typical_us * 1e-6])
+            check_delegation(out, self.settings.use_gpu)
+            t = parse_benchmark_output(out)
+            kind = "median" if t.median_us is not None else "mean"
+            info["statistic"] = (f"benchmark_model's {kind} of {t.count} runs per visit; "
+                                 f"p10/p90 and spread across visits")
+            return np.array([t.typical_us * 1e-6])
 
         def run() -> None:
             timed(1)
@@ -319,7 +356,5 @@ class AdbTFLiteBackend(Backend):
                                              warmup, 10, op_profiling=True))
             return parse_op_profile(out)
 
-        return Runner(run=run, time=timed,
-                      info={"tflite": str(local), "remote": remote, "op_profile": op_profile,
-                            "warmup_inside": True,
-                            "samples_per_call": "one benchmark_model median per call"})
+        info["op_profile"] = op_profile
+        return Runner(run=run, time=timed, info=info)

@@ -3,6 +3,7 @@ timed, plus a check of whether this machine can run the device at all."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from abc import ABC, abstractmethod
@@ -38,8 +39,10 @@ def wallclock(fn: Callable[[], Any], n: int) -> np.ndarray:
 class Runner:
     """One model loaded in one runtime.
 
-    ``run()`` does one inference on a fixed input; ``time(n)`` returns the seconds of
-    ``n`` timed inferences (per call where the runtime allows, else per batch of calls);
+    ``run()`` does one inference on a fixed input; ``time(n)`` returns the seconds of each
+    of ``n`` timed inferences. A runtime that reports only statistics of n calls (TFLite's
+    ``benchmark_model``) returns one value per call of ``time`` and says so:
+    ``info["per_call"]`` is False and ``info["statistic"]`` says what the value is;
     ``infer(x)`` runs a given NCHW numpy input and returns the output (for checking
     numbers against PyTorch); ``close()`` frees the runtime's resources.
     """
@@ -93,20 +96,35 @@ def sample_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
-def cuda_events(fn: Callable[[], Any], n: int, stream: "torch.cuda.Stream | None" = None
-                ) -> np.ndarray:
-    """Seconds of each of ``n`` calls measured with CUDA events on ``stream``: the clock
-    stops only when the GPU has finished the work queued by the call."""
-    stream = stream or torch.cuda.current_stream()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    torch.cuda.synchronize()
-    for s, e in zip(starts, ends):
-        s.record(stream)
-        fn()
-        e.record(stream)
-    torch.cuda.synchronize()
+def cuda_events(fn: Callable[[], Any], n: int, stream: "torch.cuda.Stream | None" = None,
+                device: int | None = None) -> np.ndarray:
+    """Seconds of each of ``n`` calls measured with CUDA events on ``stream`` of CUDA device
+    ``device`` (default: the stream's, else the current one): the clock stops only when the
+    GPU has finished the work queued by the call."""
+    index = stream.device.index if stream is not None and device is None else device
+    with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
+        stream = stream or torch.cuda.current_stream()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        torch.cuda.synchronize()
+        for s, e in zip(starts, ends):
+            s.record(stream)
+            fn()
+            e.record(stream)
+        torch.cuda.synchronize()
     return np.array([s.elapsed_time(e) for s, e in zip(starts, ends)]) * 1e-3
+
+
+@contextlib.contextmanager
+def tf32(allowed: bool):
+    """TF32 matmuls and convolutions on or off while timing: "fp32" on Ampere and later
+    would otherwise compute in TF32 (PyTorch's cuDNN default), a different precision."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def cuda_missing(index: int = 0) -> str | None:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_events, cuda_missing, sample_input, wallclock
+from hwnas.backends.base import (BACKENDS, Backend, Runner, cuda_events, cuda_missing,
+                                 sample_input, tf32, wallclock)
 
 
 @BACKENDS.register('torch')
@@ -36,8 +37,11 @@ class TorchBackend(Backend):
             from hwnas.fingerprint import gpu_info
 
             info["gpu"] = torch.cuda.get_device_name(device.cuda_device)
+            info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(
+                device.cuda_device)))
             info["gpu_driver"] = gpu_info().get("gpu_driver")
             info["cuda"] = torch.version.cuda
+            info["tf32"] = False  # fp32 means fp32 (see ``tf32``)
         return info
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
@@ -49,13 +53,14 @@ class TorchBackend(Backend):
                 return module(x)
 
         def infer(arr: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with torch.inference_mode(), tf32(False):
                 t = torch.from_numpy(arr).to(self.torch_device, self.dtype)
                 return module(t).float().cpu().numpy()
 
         if self.torch_device.type == "cuda":
             def timer(n: int) -> np.ndarray:
-                return cuda_events(run, n)
+                with tf32(False):
+                    return cuda_events(run, n, device=self.torch_device.index)
         else:
             def timer(n: int) -> np.ndarray:
                 return wallclock(run, n)

@@ -32,15 +32,26 @@ def litert_version() -> str | None:
         return None
 
 
-def _gpu_model(path: str):
-    """A LiteRT CompiledModel on the GPU accelerator, or BackendError saying why not."""
-    from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+def _gpu_model(path: str, precision: str = "fp32", litert=None):
+    """A LiteRT CompiledModel on the GPU accelerator, computing in the device's precision
+    (fp32: ``enforce_f32``; fp16: the accelerator's half precision), and running the whole
+    model: a model the accelerator takes only in part would run the rest on the CPU, and
+    be timed as GPU. BackendError saying why not otherwise."""
+    if litert is None:
+        import ai_edge_litert.compiled_model as litert
 
+    options = litert.Options(hardware_accelerators=litert.HardwareAccelerator.GPU,
+                             gpu_options=litert.GpuOptions(enforce_f32=precision == "fp32"))
     try:
-        return CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
+        model = litert.CompiledModel.from_file(path, options=options)
     except RuntimeError as exc:
-        raise BackendError(f"LiteRT's GPU accelerator is unusable here ({str(exc).strip()[:200]};"
-                           f" it needs a GPU with a Vulkan/OpenCL/WebGPU driver)") from None
+        raise BackendError(f"LiteRT's GPU accelerator is unusable here "
+                           f"({' '.join(str(exc).split())[:200]}; it needs a GPU with a "
+                           f"Vulkan/OpenCL/WebGPU driver)") from None
+    if not model.is_fully_accelerated():
+        raise BackendError(f"LiteRT's GPU accelerator does not take all of {Path(path).name}; "
+                           f"the rest would run on the CPU and be timed as GPU")
+    return model
 
 
 @BACKENDS.register('tflite')
@@ -60,15 +71,21 @@ class TFLiteBackend(Backend):
                    "'hwnas[tflite-convert]')"
         if device.hardware == "cuda":
             try:
-                _gpu_model(str(PROBE_MODEL))
+                _gpu_model(str(PROBE_MODEL), device.precision)
             except BackendError as exc:
                 return str(exc)
         return None
 
     @classmethod
     def runtime_info(cls, device) -> dict[str, Any]:
-        accel = "gpu" if device.hardware == "cuda" else "xnnpack"
-        return {"runtime": "litert", "runtime_version": litert_version(), "accelerator": accel}
+        info: dict[str, Any] = {"runtime": "litert", "runtime_version": litert_version()}
+        if device.hardware == "cuda":
+            from hwnas.fingerprint import gpu_info
+
+            info.update(accelerator="gpu", gpu_precision=device.precision, **gpu_info())
+        else:
+            info["accelerator"] = "xnnpack"
+        return info
 
     def tflite_file(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Path:
         path = self.cache_path(key, ".tflite")
@@ -87,7 +104,7 @@ class TFLiteBackend(Backend):
         return interpreter_runner(path, x, self.device.threads)
 
     def _gpu_runner(self, path: Path, x: np.ndarray) -> Runner:
-        model = _gpu_model(str(path))
+        model = _gpu_model(str(path), self.device.precision)
         inputs = model.create_input_buffers(0)
         outputs = model.create_output_buffers(0)
         out_shape = model.get_output_tensor_details("serving_default")

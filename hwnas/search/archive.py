@@ -34,6 +34,8 @@ class Archive:
         self._last_flush = time.perf_counter()
         self._dirty = False
         if path is not None and path.exists():
+            if not path.is_file():
+                raise SearchError(f"the archive {path} is not a file")
             try:
                 df = pd.read_parquet(path)
             except Exception as exc:

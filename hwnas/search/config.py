@@ -180,11 +180,19 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchConfig":
+        if not isinstance(data, Mapping):
+            raise SearchError(f"search settings must be a JSON object, got "
+                              f"{type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SearchError(f"unknown search setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except (TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, SearchError):
+                raise
+            raise SearchError(f"search settings of the wrong kind: {exc}") from None
 
 
 __all__ = ["ACCURACY_SOURCES", "OBJECTIVE_KINDS", "Objective", "SURROGATES", "SearchConfig",

@@ -76,18 +76,25 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
     return evaluator, r_genes, accuracy
 
 
-def search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: bool = False,
+def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: bool = False,
            accuracy: AccuracyFn | None = None, predictors: Mapping[str, Any] | None = None,
            progress: bool = True, plots: bool = True) -> SearchResult:
     """Run a search into ``out_dir`` (default ``runs/search-<time>``). ``accuracy`` and
-    ``predictors`` (device -> predictor) override what ``cfg`` names (Python API)."""
+    ``predictors`` (device -> predictor) override what ``cfg`` names (Python API). With
+    ``resume`` the run in ``out_dir`` continues from its own ``config.json`` (``cfg`` may
+    then be None)."""
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
     config_path, archive_path = out / "config.json", out / "archive.parquet"
     if resume:
         if not config_path.exists():
             raise SearchError(f"cannot resume {out}: it has no config.json (not a search run)")
-        cfg = SearchConfig.from_dict(read_json(config_path, SearchError, "search config"))
+        try:
+            cfg = SearchConfig.from_dict(read_json(config_path, SearchError, "search config"))
+        except SearchError as exc:
+            raise SearchError(f"{config_path}: {exc}") from None
+    elif cfg is None:
+        raise SearchError("a new search needs its settings (a SearchConfig)")
     elif archive_path.exists():
         raise SearchError(f"{out} already holds a search; resume it with --resume {out} or "
                           f"choose another --out")
