@@ -8,7 +8,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -240,7 +239,3 @@ def test_fuzzed_device_yaml_text_is_read_or_refused_by_name(tmp_path_factory, te
     except DeviceError as exc:
         assert str(path) in str(exc)
     TALLY["refused cleanly"] += 1
-
-
-def pytest_tally() -> dict[str, int]:
-    return TALLY
