@@ -7,7 +7,10 @@ on one GPU), for the sessions that are lent one (the `device` tool), never in CI
    and on (PyTorch's cuDNN default), side by side;
 4. exercise ONNX Runtime's CUDA provider, TensorRT (export, verify against ONNX Runtime,
    time the exported engine, per-layer profile) and LiteRT's GPU accelerator, each where
-   installed, and "not installed: <what is missing>" otherwise.
+   installed, and "not installed: <what is missing>" otherwise;
+5. with `--fewshot-lut DIR`, the default space's tables for the few-shot regimes on a GPU:
+   `cuda-torch` (batch 1) and `cuda-torch-b64`, every op and `--fewshot-subnets` subnets
+   each, into DIR (then `python -m benchmarks fewshot --lut DIR` anywhere).
 
 Without a GPU it measures nothing and says so: one row, "not run: <why>". Nothing here
 falls back to the CPU.
@@ -30,6 +33,9 @@ from benchmarks.harness import Result
 def add_arguments(parser) -> None:
     parser.add_argument("--subnets", type=int, default=30)
     parser.add_argument("--out", default=None, help="keep tables and exports here")
+    parser.add_argument("--fewshot-lut", default=None, help="also profile the default space "
+                        "on cuda-torch and cuda-torch-b64 into this folder")
+    parser.add_argument("--fewshot-subnets", type=int, default=80)
 
 
 def _quick(device, runs: int = 20, rounds: int = 3):
@@ -137,6 +143,21 @@ def run(args) -> Result:
                       ("cuda-tensorrt", load_device("cuda-tensorrt")),
                       ("cuda-tflite (LiteRT GPU)", tflite_gpu)):
         step(rows, name, other_runtime(name, _quick(dev)))
+    if args.fewshot_lut:
+        def fewshot_tables(name: str):
+            def profile_default():
+                from hwnas.profile import profile
+
+                ops_r, sub_r = profile(_quick(load_device(name), rounds=3), "default",
+                                       subnets=args.fewshot_subnets,
+                                       out_dir=args.fewshot_lut, progress=False)
+                return {"ops": len(ops_r.table), "subnets": len(sub_r.table),
+                        "subnet_ms_range": [float(sub_r.table["latency_ms"].min()),
+                                            float(sub_r.table["latency_ms"].max())]}
+            return profile_default
+
+        for name in ("cuda-torch", "cuda-torch-b64"):
+            step(rows, f"{name}: default-space tables for fewshot", fewshot_tables(name))
     gpu = torch.cuda.get_device_name(0)
     return Result(rows, summary={"gpu": gpu, "out": str(out)},
                   notes=[json.dumps({r["check"]: r["status"] for r in rows})])

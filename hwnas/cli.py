@@ -31,6 +31,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 # registries' names when it builds the command (typer reads annotations only then).
 Algorithm = str
 PredictorKind = str
+Verify = str
 SPACE_HELP = (f"search space preset: {', '.join(SPACES)}; NAME@RESOLUTIONS for other "
               f"input sizes, e.g. default-w1.2@128-224:4")
 
@@ -115,13 +116,15 @@ def profile_cmd(
     out: Path = typer.Option(Path("lut"), help="folder for the tables"),
     cache: Optional[Path] = typer.Option(None, help="folder for converted models "
                                          "(default <out>/.cache/<device>)"),
+    batch: Optional[int] = typer.Option(None, min=1, help="images per inference instead of "
+                                        "the device file's (tables: <device>-b<N>)"),
 ) -> None:
     """Measure every unique op of the space on a device (and optionally sampled subnets).
     Resumes where an interrupted run stopped."""
     from hwnas.profile import profile
 
     res = _int_list(resolutions, "--resolutions") if resolutions else None
-    ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache)
+    ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache, batch=batch)
     for label, r in (("ops", ops_res), ("subnets", sub_res)):
         if r is not None:
             console.print(r.summary(label))
@@ -141,14 +144,24 @@ def predictor_fit(
     kind: PredictorKind = typer.Option("xgboost", help="the predictor to fit and save"),
     train: int = typer.Option(200, min=1, help="measured subnets used for fitting; the rest "
                               "are held out and never seen"),
+    k: Optional[int] = typer.Option(None, min=1, help="few-shot: fit on only K measured "
+                                    "subnets (kind fewshot; structural features, plus the "
+                                    "LUT and --prior devices' predictors where given)"),
+    use_lut: bool = typer.Option(True, help="few-shot: use the device's LUT when it has one"),
+    prior: list[str] = typer.Option([], help="few-shot: another device whose saved predictor "
+                                    "is extra evidence (repeatable)"),
     seed: int = typer.Option(0, help="seed of the train/held-out split and the models"),
     lut: Path = typer.Option(Path("lut"), help="folder with the tables"),
     out: Optional[Path] = typer.Option(None, help="predictor file (default "
                                        "lut/<device>.predictor.json)"),
 ) -> None:
     """Fit a latency predictor on measured subnets and report it on the held-out ones."""
-    from hwnas import predictor as api
+    from hwnas import fewshot, predictor as api
 
+    if k is not None or kind == "fewshot":
+        _show_report(fewshot.fit_few_shot(device, k or 20, seed, lut, out, use_lut, prior,
+                                          space))
+        return
     _show_report(api.fit_for_device(device, kind=kind, space=space, n_train=train, seed=seed,
                                     lut_dir=lut, out=out))
 
@@ -250,6 +263,13 @@ def search_cmd(
     nat_initial: int = typer.Option(40, min=4, help="nat: archive size before iterating"),
     nat_per_iteration: int = typer.Option(10, min=1, help="nat: evaluations per iteration"),
     nat_adapt_steps: int = typer.Option(0, min=0, help="nat: supernet steps per iteration"),
+    verify: Verify = typer.Option("auto", help="measure near-budget archs (prediction ± 2σ "
+                                  "straddles a budget) and every best-per-budget arch on the "
+                                  "budget device: auto (when it runs here), on, off"),
+    verify_limit: int = typer.Option(100, min=0, help="archs measured during the search at "
+                                     "most (the best per budget are measured besides)"),
+    allow_drift: bool = typer.Option(False, help="use tables whose calibration probes this "
+                                     "machine runs >10% faster or slower, scaling predictions"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/search-<time>)"),
     resume: Optional[Path] = typer.Option(None, help="continue the search in this run "
                                           "folder (its config.json wins)"),
@@ -270,7 +290,8 @@ def search_cmd(
         checkpoint=str(checkpoint) if checkpoint else None, data=data,
         accuracy_table=str(accuracy_table) if accuracy_table else None, accuracy=accuracy,
         nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
-        nat_adapt_steps=nat_adapt_steps)
+        nat_adapt_steps=nat_adapt_steps, verify=verify, verify_limit=verify_limit,
+        allow_drift=allow_drift)
     _show_search(search(cfg, out))
 
 @app.command("export")
@@ -297,13 +318,16 @@ def export_cmd(
                                             "where this machine cannot produce or run it "
                                             "(repeatable); otherwise a skip is 'incomplete', "
                                             "exit 1"),
+    allow_drift: bool = typer.Option(False, help="predict from tables whose calibration "
+                                     "probes drifted >10% here, scaled by the drift"),
 ) -> None:
     """Export an arch to ONNX/TFLite/TensorRT, verify against PyTorch, measure; manifest."""
     from hwnas.export import export
 
     res = export(arch, out, format.split(","), space=space, checkpoint=checkpoint,
                  devices=device, fp16=fp16, int8=int8, dynamic_batch=dynamic_batch,
-                 simplify=simplify, lut_dir=lut, seed=seed, allow_missing=allow_missing)
+                 simplify=simplify, lut_dir=lut, seed=seed, allow_missing=allow_missing,
+                 allow_drift=allow_drift)
     _show(*res.tables(), notes=res.notes())
 
 @app.command("evaluate")
@@ -467,9 +491,10 @@ def command() -> typer.core.TyperGroup:
     from hwnas.export import FORMATS
     from hwnas.predictor import FIT_KINDS
     from hwnas.search import ALGORITHMS
+    from hwnas.search.config import VERIFY
 
     globals().update(Algorithm=Literal[tuple(ALGORITHMS.choices())],
-                     PredictorKind=Literal[tuple(FIT_KINDS)])
+                     PredictorKind=Literal[tuple(FIT_KINDS)], Verify=Literal[VERIFY])
     root = typer.main.get_command(app)
     fmt = next(p for p in root.commands["export"].params if p.name == "format")
     fmt.help = f"comma-separated, of: {', '.join(FORMATS.choices())}"

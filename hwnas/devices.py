@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 HARDWARE = ("cpu", "cuda", "android")
 PRECISIONS = ("fp32", "fp16")
 MAX_THREADS = 1024
+MAX_BATCH = 4096
+AUTO = "auto"  # cpu_affinity: the least busy cores when measuring starts
 # Upper bounds of the measurement protocol (beyond them a table would take days, or the
 # sample arrays more memory than any machine has).
 PROTOCOL_LIMITS = {"warmup": 10_000, "runs": 100_000, "rounds": 1_000, "max_retries": 100,
-                   "window": 1_000_000}
+                   "window": 1_000_000, "min_time_ms": 60_000, "settle_ms": 60_000}
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
@@ -42,6 +44,10 @@ class MeasureProtocol:
     max_retries: int = 2     # how many times a noisy row is measured again
     window: int = 0          # items interleaved together (0: all); subnets use a window
     seed: int = 0            # shuffling seed
+    min_time_ms: float = 0.0  # each visit times calls until at least this long (tiny nets)
+    settle_ms: float = 300.0  # untimed calls before timing starts, until the CPU is up to speed
+    reload: bool = False     # load each model for its visit only (big batches: memory), so
+                             # every round still visits every item
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,11 @@ class Device:
     backend: str
     hardware: str
     threads: int = 1
+    batch: int = 1                              # images per inference (1: latency-bound)
     precision: str = "fp32"
     execution_provider: str | None = None      # onnxruntime
-    cpu_affinity: tuple[int, ...] | None = None  # pin the measuring process to these cores
+    # pin the measuring process to these cores, or "auto": the least busy ones
+    cpu_affinity: tuple[int, ...] | str | None = None
     cuda_device: int = 0
     workspace_mb: int = 1024                    # tensorrt builder workspace
     description: str = ""
@@ -79,9 +87,23 @@ class Device:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("path")
-        if out["cpu_affinity"] is not None:
+        if isinstance(out["cpu_affinity"], tuple):
             out["cpu_affinity"] = list(out["cpu_affinity"])
         return out
+
+    def input_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``shape`` (NCHW) with this device's batch."""
+        return (self.batch,) + tuple(shape[1:])
+
+    def with_batch(self, batch: int) -> "Device":
+        """This device at another batch size, named ``<name>-b<batch>`` (its tables and
+        predictor are then that name's)."""
+        if batch == self.batch:
+            return self
+        stem = batch_stem(self.name, self.batch)
+        return check_batch(dataclasses.replace(
+            self, batch=batch, name=stem if batch == 1 else f"{stem}-b{batch}"), self.path
+            or self.name)
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(Device)} - {"path"}
@@ -162,6 +184,9 @@ def parse_device(data: Any, where: str = "device") -> Device:
     threads = _typed(where, "threads", data.get("threads", 1), int, "an integer")
     if not 1 <= threads <= MAX_THREADS:
         raise _fail(where, f"field 'threads' must be in 1..{MAX_THREADS}, got {threads}")
+    batch = _typed(where, "batch", data.get("batch", 1), int, "an integer")
+    if not 1 <= batch <= MAX_BATCH:
+        raise _fail(where, f"field 'batch' must be in 1..{MAX_BATCH}, got {batch}")
     precision = data.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise _fail(where, f"field 'precision' = {precision!r} is not allowed; allowed: "
@@ -178,11 +203,14 @@ def parse_device(data: Any, where: str = "device") -> Device:
     elif ep is not None:
         raise _fail(where, "field 'execution_provider' is only for backend 'onnxruntime'")
     affinity = data.get("cpu_affinity")
-    if affinity is not None:
+    if affinity == AUTO:
+        if hardware != "cpu":
+            raise _fail(where, "cpu_affinity 'auto' is for hardware 'cpu'")
+    elif affinity is not None:
         if not isinstance(affinity, list) or not affinity or not all(
                 isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in affinity):
-            raise _fail(where, f"field 'cpu_affinity' must be a non-empty list of core numbers, "
-                               f"got {affinity!r}")
+            raise _fail(where, f"field 'cpu_affinity' must be a non-empty list of core numbers "
+                               f"or 'auto', got {affinity!r}")
         affinity = tuple(affinity)
     cuda_device = _typed(where, "cuda_device", data.get("cuda_device", 0), int, "an integer")
     workspace = _typed(where, "workspace_mb", data.get("workspace_mb", 1024), int, "an integer")
@@ -208,10 +236,28 @@ def parse_device(data: Any, where: str = "device") -> Device:
                                f"{android.taskset!r}")
     elif data.get("android") is not None:
         raise _fail(where, "field 'android' is only for backend 'adb-tflite'")
-    return Device(name=name, backend=backend, hardware=hardware, threads=threads,
-                  precision=precision, execution_provider=ep, cpu_affinity=affinity,
-                  cuda_device=cuda_device, workspace_mb=workspace, description=description,
-                  protocol=protocol, android=android)
+    device = Device(name=name, backend=backend, hardware=hardware, threads=threads,
+                    batch=batch, precision=precision, execution_provider=ep,
+                    cpu_affinity=affinity, cuda_device=cuda_device, workspace_mb=workspace,
+                    description=description, protocol=protocol, android=android)
+    return check_batch(device, where)
+
+
+def check_batch(device: Device, where: str) -> Device:
+    """``device`` if its runtime can run its batch size; else the error saying what can."""
+    from hwnas.backends import BACKENDS
+
+    most = BACKENDS.get(device.backend).max_batch(device)
+    if device.batch > most:
+        raise _fail(where, f"batch {device.batch} cannot run on backend {device.backend!r} with "
+                           f"these settings; it takes batch 1..{most}")
+    return device
+
+
+def batch_stem(name: str, batch: int) -> str:
+    """A device name without its ``-b<batch>`` ending (``cuda-torch-b64`` -> ``cuda-torch``)."""
+    suffix = f"-b{batch}"
+    return name[:-len(suffix)] if batch != 1 and name.endswith(suffix) else name
 
 
 def find_device_file(name_or_path: str | Path) -> Path:
@@ -240,10 +286,31 @@ def list_device_files() -> list[Path]:
     return list(seen.values())
 
 
-def load_device(name_or_path: str | Path | Device) -> Device:
-    """Load and validate a device by name or path."""
+def load_device(name_or_path: str | Path | Device, batch: int | None = None) -> Device:
+    """Load and validate a device by name or path; ``batch`` overrides its batch size. A
+    name ``<device>-b<N>`` with no file of its own is ``<device>`` at batch N."""
     if isinstance(name_or_path, Device):
-        return name_or_path
+        return name_or_path if batch is None else name_or_path.with_batch(batch)
+    device = _load_file(name_or_path)
+    return device if batch is None else device.with_batch(batch)
+
+
+def _load_file(name_or_path: str | Path) -> Device:
+    import re
+
+    match = re.fullmatch(r"(.+)-b([0-9]+)", str(name_or_path))
+    if match and not Path(name_or_path).suffix and not any(
+            (folder / f"{name_or_path}{suffix}").exists()
+            for folder in (Path.cwd() / "devices", REPO_DEVICES) for suffix in (".yaml", ".yml")):
+        try:
+            base = _load_file(match.group(1))
+        except DeviceError:
+            pass
+        else:
+            batch = int(match.group(2))
+            if not 1 <= batch <= MAX_BATCH:
+                raise DeviceError(f"{name_or_path}: batch {batch} is not in 1..{MAX_BATCH}")
+            return base.with_batch(batch)
     path = find_device_file(name_or_path)
     data = read_yaml(path, DeviceError, "device file")
     device = parse_device(data, where=str(path))
@@ -256,7 +323,7 @@ def check_usable(device: Device) -> str | None:
 
     from hwnas.backends import get_backend_class
 
-    if device.cpu_affinity and hasattr(os, "sched_getaffinity"):
+    if isinstance(device.cpu_affinity, tuple) and hasattr(os, "sched_getaffinity"):
         have = sorted(os.sched_getaffinity(0))
         missing = sorted(set(device.cpu_affinity) - set(have))
         if missing:
@@ -268,10 +335,12 @@ def check_usable(device: Device) -> str | None:
 
 
 def device_fingerprint(device: Device) -> dict[str, Any]:
-    """Everything that decides the numbers: host, hardware, runtime and its version,
-    threads, precision, affinity. Stored with every measured table."""
+    """Everything that decides the numbers: host CPU (name, family/model/stepping, the
+    flags kernels use), hardware, runtime and its version, threads, batch, precision,
+    affinity, GPU (name, compute capability, driver). Stored with every measured table;
+    the calibration probes (``hwnas.probe``) tell machines of one fingerprint apart."""
     from hwnas.backends import get_backend_class
-    from hwnas.fingerprint import cpu_model, host_fingerprint
+    from hwnas.fingerprint import cpu_identity, cpu_model, host_fingerprint
 
     host = host_fingerprint()
     fp: dict[str, Any] = {
@@ -279,12 +348,16 @@ def device_fingerprint(device: Device) -> dict[str, Any]:
         "backend": device.backend,
         "hardware": device.hardware,
         "threads": device.threads,
+        "batch": device.batch,
         "precision": device.precision,
         "cpu": cpu_model(),
         "cores": host["cores"],
-        "cpu_affinity": list(device.cpu_affinity) if device.cpu_affinity else None,
+        "cpu_affinity": list(device.cpu_affinity) if isinstance(device.cpu_affinity, tuple)
+        else device.cpu_affinity,
         "hwnas": host["hwnas"],
     }
+    if device.hardware != "android":  # the host's CPU runs (or feeds) the model
+        fp.update(cpu_identity())
     if device.execution_provider:
         fp["execution_provider"] = device.execution_provider
     fp.update(get_backend_class(device.backend).runtime_info(device))
@@ -305,16 +378,18 @@ def devices_table(paths: Sequence[str | Path] | None = None) -> tuple["Table", i
     usable on this machine and, if not, what is missing; and how many were invalid."""
     from hwnas.display import Table
 
-    table = Table("", ["device", "backend", "hardware", "threads", "precision", "usable here"])
+    table = Table("", ["device", "backend", "hardware", "threads", "batch", "precision",
+                       "usable here"])
     bad = 0
     for path in paths or list_device_files():
         try:
             dev = load_device(path)
         except DeviceError as exc:
             bad += 1
-            table.rows.append([str(path), "", "", "", "", f"invalid: {exc}"])
+            table.rows.append([str(path), "", "", "", "", "", f"invalid: {exc}"])
             continue
         missing = check_usable(dev)
-        table.rows.append([dev.name, dev.backend, dev.hardware, str(dev.threads), dev.precision,
+        table.rows.append([dev.name, dev.backend, dev.hardware, str(dev.threads),
+                           str(dev.batch), dev.precision,
                            "yes" if missing is None else f"no: {missing}"])
     return table, bad

@@ -351,7 +351,7 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
            fp16: bool = False, int8: bool = False, dynamic_batch: bool = False,
            simplify: bool = True, lut_dir: str | Path = "lut", measure: bool = True,
            seed: int = 0, progress: bool = True,
-           allow_missing: Sequence[str] = ()) -> ExportResult:
+           allow_missing: Sequence[str] = (), allow_drift: bool = False) -> ExportResult:
     """Export ``arch`` in ``formats`` into ``out_dir``, verify each file, and measure the
     matching file on each of ``devices``; returns the manifest (also ``manifest.json``).
 
@@ -370,6 +370,15 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
         if fmt is not None and fmt not in formats:
             raise ExportError("arch", f"device {d.name} runs {fmt} files; add {fmt} to the "
                                       f"formats ({', '.join(formats)}) to measure it there")
+        if d.batch != 1 and fmt in ("onnx", "tensorrt") and not dynamic_batch:
+            raise ExportError("arch", f"device {d.name} runs batch {d.batch}, and the exported "
+                                      f"{fmt} file takes batch 1; pass --dynamic-batch to "
+                                      f"measure it there")
+        if d.batch != 1 and d.backend == "adb-tflite":
+            raise ExportError("arch", f"device {d.name} runs batch {d.batch}; the exported "
+                                      f"TFLite file is measured on a phone at batch 1 only")
+        if measure and check_usable(d) is None:  # stale tables are refused before any work
+            predict_latency(d.name, a, sp, lut_dir, allow_drift)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from hwnas.ops import count
@@ -405,7 +414,7 @@ def export(arch: Arch | dict | str | Path, out_dir: str | Path,
                                                "what": d.name})
                 elif measure:
                     man.stage(f"measure {d.name}")
-                    man.doc["latency"].append(_measure(d, job, lut_dir))
+                    man.doc["latency"].append(_measure(d, job, lut_dir, allow_drift))
                 bar.advance(task)
     except ExportError as exc:
         man.doc.update(status="failed", error=str(exc), failed_stage=exc.stage)
@@ -539,7 +548,7 @@ FORMATS.register("tflite", ExportFormat(export_tflite, variants=_tflite_variants
 FORMATS.register("tensorrt", ExportFormat(export_tensorrt, needs=("onnx",)))
 
 
-def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
+def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict[str, Any]:
     """Time the exported file the device runs (the module itself on torch devices) with
     the profiling protocol, next to the device's predicted latency."""
     arch, space, module, files, shape, out = (job.arch, job.space, job.module, job.files,
@@ -551,15 +560,16 @@ def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
     variant = f"{fmt}-fp16" if fmt and device.precision == "fp16" and f"{fmt}-fp16" in files \
         else fmt
     backend = get_backend(device, out / ".cache" / device.name)
+    shape = device.input_shape(shape)
     try:
-        with pinned(device.cpu_affinity):
+        with pinned(device.cpu_affinity, device.threads):
             runner = backend.load(files[variant], shape) if fmt else \
                 backend.prepare(module, shape, arch.key)
             stats = time_runner(runner, device.protocol)
             runner.close()
     except HwnasError as exc:
         raise ExportError(f"measure {device.name}", str(exc)) from None
-    predicted, how = predict_latency(device.name, arch, space, lut_dir)
+    predicted, how = predict_latency(device.name, arch, space, lut_dir, allow_drift)
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
            "measured_ms": stats["latency_ms"], "spread": stats["spread"],
            "count": stats["count"], "statistic": stats["statistic"],
@@ -568,14 +578,19 @@ def _measure(device, job: ExportJob, lut_dir) -> dict[str, Any]:
     return row
 
 
-def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path
-                    ) -> tuple[float | None, str]:
-    """The device's saved predictor's estimate, else its LUT sum, else (None, why)."""
+def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path,
+                    allow_drift: bool = False) -> tuple[float | None, str]:
+    """The device's saved predictor's estimate, else its LUT sum, else (None, why). A
+    drift of its tables' calibration probes (``hwnas.probe``) is an error here too."""
     from hwnas.predictor import PredictorError, device_predictor
+    from hwnas.probe import DriftError
 
     try:
-        pred, how = device_predictor(device, space, lut_dir, lut_sum_fallback=True)
+        pred, how = device_predictor(device, space, lut_dir, lut_sum_fallback=True,
+                                     allow_drift=allow_drift)
         return float(np.asarray(pred.predict([arch]))[0]), how
+    except DriftError:
+        raise
     except (PredictorError, HwnasError) as exc:
         return None, f"no prediction: {exc}"
 

@@ -97,3 +97,14 @@ def load_tensors(path: str | Path, error: type[Exception], what: str = "checkpoi
 
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_json", "atomic_write_text",
            "json_default", "load_tensors"]
+
+
+def user_cache(*parts: str) -> Path:
+    """A folder of the per-user cache shared by runs (``$HWNAS_CACHE``, else
+    ``$XDG_CACHE_HOME/hwnas``, else ``~/.cache/hwnas``): converted models that cost seconds
+    each to make and depend only on what their key says."""
+    root = os.environ.get("HWNAS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME")
+                                                 or Path.home() / ".cache") / "hwnas"
+    folder = Path(root, *parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

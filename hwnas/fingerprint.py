@@ -26,6 +26,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags that change which kernels a runtime picks (vector width, FMA, int8/bf16 dot
+# products, AMX tiles): two CPUs with one name but different flags are different devices.
+KERNEL_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
+                "amx_int8", "amx_bf16", "asimd", "sve", "sve2", "i8mm", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_identity() -> dict[str, object]:
+    """What identifies a CPU beyond its name: vendor, family/model/stepping, the flags that
+    matter to kernels (:data:`KERNEL_FLAGS`) and the cache size (from /proc/cpuinfo)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return {"cpu_id": platform.machine(), "cpu_flags": []}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    ident = "/".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model",
+                                                  "stepping")) \
+        if "vendor_id" in fields else "/".join(fields.get(k, "?") for k in (
+            "CPU implementer", "CPU part", "CPU variant", "CPU revision"))
+    return {"cpu_id": ident, "cpu_flags": sorted(flags & set(KERNEL_FLAGS)),
+            "cpu_cache": fields.get("cache size")}
+
+
 def usable_cores() -> int:
     """Cores this process may run on (affinity), not the machine's total."""
     try:

@@ -119,6 +119,12 @@ class LatencyTable:
     space: SearchSpace
     fingerprint: dict[str, Any]
     path: Path | None = None
+    probes: dict[str, Any] | None = None   # calibration probe timings (hwnas.probe)
+
+    @property
+    def batch(self) -> int:
+        """Images per inference the table was timed at (1 for tables older than batch)."""
+        return int(self.fingerprint.get("batch", 1))
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None,
@@ -132,7 +138,8 @@ class LatencyTable:
         elif table_space is not None and table_space.id != space.id:
             raise LutError(f"{path} was measured for search space {table_space.name!r} "
                            f"(id {table_space.id}), not {space.name!r} (id {space.id})")
-        return cls(df, space, dict(meta.get("fingerprint") or {}), Path(path))
+        return cls(df, space, dict(meta.get("fingerprint") or {}), Path(path),
+                   meta.get("probes"))
 
     def __post_init__(self) -> None:
         # An optional column ``r`` ties a row to the network input size it was timed in

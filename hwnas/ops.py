@@ -175,6 +175,17 @@ def build_network(op_list: Iterable[OpSpec]) -> nn.Sequential:
     return nn.Sequential(*[op.build() for op in op_list]).eval()
 
 
+@dataclass(frozen=True)
+class NetworkBuild:
+    """``build_network(op_list)`` as a callable that keeps its ops, so a backend whose
+    conversion is slow can assemble the network from the ops it has already converted."""
+
+    op_list: tuple[OpSpec, ...]
+
+    def __call__(self) -> nn.Sequential:
+        return build_network(self.op_list)
+
+
 def unique_ops(space: SearchSpace, resolutions: Sequence[int] | None = None) -> list[OpSpec]:
     """Every distinct op any subnet of the space can contain (what a full LUT holds)."""
     seen: dict[str, OpSpec] = {}

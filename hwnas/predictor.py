@@ -259,6 +259,12 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
         problems.append(f"it was fitted for space {file_space.name!r} (id {file_space.id}), "
                         f"not {space.name!r} (id {space.id})")
     if fingerprint is not None:
+        fitted_at = int((doc.get("fingerprint") or {}).get("batch", 1))
+        runs_at = int(fingerprint.get("batch", 1))
+        if fitted_at != runs_at:  # another regime altogether: never overridden
+            raise PredictorError(f"{path} was fitted at batch {fitted_at}; these tables are at "
+                                 f"batch {runs_at}: fit a predictor on them ('hwnas predictor "
+                                 f"fit --device {fingerprint.get('device', '<device>')}')")
         diff = fingerprint_diff(doc.get("fingerprint") or {}, fingerprint)
         if diff:
             problems.append("it was fitted on another device/runtime: " + "; ".join(diff))
@@ -286,6 +292,7 @@ def load_predictor(path: str | Path, table: LatencyTable | None = None,
         raise PredictorError(f"{path}: its {kind} model cannot be read ({type(exc).__name__}:"
                              f" {' '.join(str(exc).split())[:160]})") from None
     pred.fitted = True
+    pred.source = str(path)
     pred.train_hash = doc.get("train_hash")
     pred.train_metrics = doc.get("train_metrics") or {}
     pred.extra = doc.get("extra") or {}
@@ -592,7 +599,7 @@ PREDICTORS: Registry = Registry("predictor", PredictorError)
 for _cls in (LutSum, LutLinear, MacsLinear, XGBoostPredictor, TransferPredictor):
     PREDICTORS.register(_cls.kind, _cls)
 # What ``hwnas predictor fit`` fits from a table and measured subnets (transfer needs a base).
-FIT_KINDS = ("lut-sum", "lut-linear", "macs-linear", "xgboost")
+FIT_KINDS = ("lut-sum", "lut-linear", "macs-linear", "xgboost", "fewshot")
 
 
 def make_predictor(kind: str, table: LatencyTable, **params: Any) -> Predictor:
@@ -687,39 +694,61 @@ def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
 
 def device_predictor(device: str, space: SearchSpace | None = None,
                      lut_dir: str | Path = "lut", path: str | Path | None = None,
-                     lut_sum_fallback: bool = False) -> tuple[Predictor, str]:
+                     lut_sum_fallback: bool = False, allow_drift: bool = False,
+                     check_drift: bool = True) -> tuple[Predictor, str]:
     """A device's latency predictor and where it came from: its saved predictor
-    (``hwnas predictor fit``), checked against ``space``; with ``lut_sum_fallback``, its
-    lookup table's sum when no predictor was fitted. Raises :class:`PredictorError`
-    saying what to run when there is neither."""
-    from hwnas.devices import find_device_file
+    (``hwnas predictor fit``), checked against ``space`` and the device's tables; with
+    ``lut_sum_fallback``, its lookup table's sum when no predictor was fitted. Where this
+    machine runs the device, its tables' calibration probes are timed again first
+    (``hwnas.probe``): a drift beyond ±10% is refused, or with ``allow_drift`` the
+    predictions are scaled by it. Raises :class:`PredictorError` saying what to run when
+    there is no predictor."""
+    from hwnas.devices import find_device_file, load_device
     from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_paths
 
     file = Path(path) if path else default_predictor_path(device, lut_dir)
-    op_path, _ = table_paths(device, lut_dir)
+    op_path, sub_path = table_paths(device, lut_dir)
+    pred, how = None, ""
     if file.exists():
         try:
-            # the device's own table says what it was measured on: a predictor fitted on
+            # the device's own tables say what it was measured on: a predictor fitted on
             # another device or runtime (say 8 threads against 1) is refused, as in eval
-            measured = read_table(op_path)[1].get("fingerprint") if op_path.exists() else None
+            measured = next((read_table(p, k)[1].get("fingerprint") for p, k in
+                             ((op_path, "ops"), (sub_path, "subnets")) if p.exists()), None)
             pred = load_predictor(file, space=space, fingerprint=measured)
         except (PredictorError, LutError) as exc:
             raise PredictorError(f"latency:{device}: {exc}") from None
-        return pred, f"{pred.kind} ({file})"
-    if lut_sum_fallback and op_path.exists():
+        how = f"{pred.kind} ({file})"
+    elif lut_sum_fallback and op_path.exists():
         try:
-            return LutSum(LatencyTable.load(op_path, space)), f"lut-sum ({op_path})"
+            pred, how = LutSum(LatencyTable.load(op_path, space)), f"lut-sum ({op_path})"
         except LutError as exc:
             raise PredictorError(f"no predictor for {device}, and its LUT is unusable: "
                                  f"{exc}") from None
-    try:
-        find_device_file(device)
-    except DeviceError as exc:
-        raise PredictorError(f"objective latency:{device}: {exc}") from None
-    raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
-                         f"with 'hwnas profile --device {device} --subnets 300' then 'hwnas "
-                         f"predictor fit --device {device}' (or pass --lut FOLDER)")
+    if pred is None:
+        try:
+            find_device_file(device)
+        except DeviceError as exc:
+            raise PredictorError(f"objective latency:{device}: {exc}") from None
+        raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
+                             f"with 'hwnas profile --device {device} --subnets 300' then "
+                             f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
+    if check_drift:
+        from hwnas.probe import ScaledPredictor
+        from hwnas.probe import check_drift as drift_of
+        from hwnas.probe import table_probes
+
+        try:
+            dev = load_device(device)
+        except DeviceError:
+            return pred, how  # tables of a device with no file here (imported ones)
+        probes, where = table_probes(device, lut_dir)
+        drift = drift_of(dev, probes, where, allow_drift, Path(lut_dir) / ".cache" / device)
+        if drift.scaled:
+            pred = ScaledPredictor(pred, drift)
+        how += f"; {drift.note}"
+    return pred, how
 
 
 def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int = 200,
@@ -741,7 +770,12 @@ def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int 
         make_predictor(kind, table)  # raises the clear error
     for k in kinds:
         params = {"seed": seed} if k == "xgboost" else {}
-        p = make_predictor(k, table, **params).fit(A, y[tr])
+        try:
+            p = make_predictor(k, table, **params).fit(A, y[tr])
+        except PredictorError:
+            if k == kind:
+                raise
+            continue  # a kind shown beside the chosen one that cannot fit this few subnets
         rows[k] = p.metrics(B, y[te])
         if k == kind:
             chosen = p
@@ -804,3 +838,6 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
                                      f"{device}: transfer from {source}, k={k}", std)
     return Report(f"{device}: transfer from {source} with {k} subnets, {len(te)} held out",
                   rows, {"predictor": str(out), "plot": str(png)})
+
+
+from hwnas import fewshot as _fewshot  # noqa: E402,F401  (registers the "fewshot" kind)

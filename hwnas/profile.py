@@ -28,17 +28,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from hwnas.devices import Device, device_fingerprint, fingerprint_diff, load_device
+from hwnas.devices import (PROTOCOL_LIMITS, Device, device_fingerprint, fingerprint_diff,
+                           load_device)
 from hwnas.errors import DeviceError, LutError
 from hwnas.display import progress as progress_bar
 from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
-from hwnas.ops import OpSpec, build_network, count, ops, unique_ops
+from hwnas.backends.base import model_key
+from hwnas.ops import NetworkBuild, OpSpec, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
 
 FLUSH_SECONDS = 2.0  # journal rewritten at most this often (at most this much work is lost)
+RELOAD_GROUP = 40    # models built (converted, loaded) at once when the protocol reloads
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Item:
     row: dict[str, Any]
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
+    ident: str = ""  # what names its converted file: the key, plus what the key leaves out
+
+    def __post_init__(self) -> None:
+        self.ident = self.ident or self.key
 
 
 @dataclass
@@ -106,6 +112,19 @@ class Journal:
         for key, attempt, rnd, s in zip(df["key"], df["attempt"], df["round"], df["samples_ms"]):
             self.samples.setdefault((key, int(attempt), int(rnd)), np.asarray(s, dtype=float))
 
+    @staticmethod
+    def stored_probes(path: Path) -> dict | None:
+        """The calibration probes an interrupted run's journal was measured with."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        try:
+            meta = json.loads((pq.read_schema(path).metadata or {}).get(b"hwnas", b"{}"))
+        except Exception:  # no journal, or an unreadable one (reported when it is loaded)
+            return None
+        return meta.get("probes")
+
     def has(self, key: str, attempt: int, rnd: int) -> bool:
         return (key, attempt, rnd) in self.samples
 
@@ -145,22 +164,88 @@ def summarize(samples_ms: np.ndarray) -> dict[str, float]:
             "count": int(samples_ms.size)}
 
 
+def least_busy_cores(n: int, allowed: Sequence[int], interval_s: float = 0.2) -> list[int]:
+    """The ``n`` cores of ``allowed`` that were idle the longest over ``interval_s``
+    (from /proc/stat; the first ``n`` where it cannot be read)."""
+    def idle() -> dict[int, int]:
+        out = {}
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, *fields = line.split()
+                    if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 5:
+                        out[int(name[3:])] = int(fields[3]) + int(fields[4])  # idle + iowait
+        except (OSError, ValueError):
+            return {}
+        return out
+
+    before = idle()
+    time.sleep(interval_s)
+    after = idle()
+    cores = sorted(allowed)
+    if not before or not after:
+        return cores[:n]
+    return sorted(sorted(cores, key=lambda c: -(after.get(c, 0) - before.get(c, 0)))[:n])
+
+
 @contextlib.contextmanager
-def pinned(cores: Sequence[int] | None):
-    """Pin this process to ``cores`` for the duration (Linux), then restore."""
+def pinned(cores: Sequence[int] | str | None, threads: int = 1):
+    """Pin this process to ``cores`` for the duration (Linux), then restore; ``"auto"``:
+    to the ``threads`` least busy of the cores it may use."""
     if not cores or not hasattr(os, "sched_setaffinity"):
         yield
         return
     before = os.sched_getaffinity(0)
+    if cores == "auto":
+        cores = least_busy_cores(threads, before) if threads < len(before) else sorted(before)
     try:
         os.sched_setaffinity(0, set(cores))
     except OSError as exc:
         raise DeviceError(f"cannot pin to cores {sorted(cores)} ({exc.strerror}); this machine "
                           f"has {sorted(before)}") from None
+    # PyTorch's own threads (the exporters and converters run the model) would otherwise
+    # outnumber the cores and spin against each other: 90 ONNX exports took 150 s, not 30
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(min(torch_threads, len(cores)))
     try:
         yield
     finally:
+        torch.set_num_threads(torch_threads)
         os.sched_setaffinity(0, before)
+
+
+def settle(runner, protocol) -> None:
+    """Run ``runner`` untimed for ``settle_ms`` before a measurement starts.
+
+    A core that was idle runs slower for its first 100-200 ms of work (here: a 0.17 ms
+    net measured 0.26 ms after a one-second pause, and 0.17 ms after 200 ms of load), so a
+    short measurement after a pause (an export, a search's check) would time the ramp-up.
+    Not done where one call is a whole remote benchmark run."""
+    if not protocol.settle_ms or not runner.info.get("per_call", True):
+        return
+    end = time.perf_counter() + protocol.settle_ms / 1e3
+    while time.perf_counter() < end:
+        runner.run()
+
+
+def timed_visit(runner, protocol) -> np.ndarray:
+    """One visit of a prepared model: ``warmup`` untimed calls, then ``runs`` timed ones,
+    then more until the timed calls add up to ``min_time_ms`` (so a net of 0.1 ms gets
+    as many calls as its timer noise needs). Seconds of each timed call."""
+    if protocol.warmup and not runner.info.get("warmup_inside"):
+        runner.time(protocol.warmup)
+    samples = runner.time(protocol.runs)
+    if protocol.min_time_ms and runner.info.get("per_call", True):
+        spent = float(samples.sum()) * 1e3
+        if 0 < spent < protocol.min_time_ms:
+            per_call = max(float(np.median(samples)) * 1e3, 1e-6)
+            more = min(int(np.ceil((protocol.min_time_ms - spent) / per_call)),
+                       PROTOCOL_LIMITS["runs"])
+            if more > 0:
+                samples = np.concatenate([samples, runner.time(more)])
+    return samples
 
 
 class Profiler:
@@ -176,6 +261,7 @@ class Profiler:
         self.kind = kind
         self.protocol = self.device.protocol
         self.progress = progress
+        self.calibrate = True  # time the calibration probes into the table (hwnas.probe)
         self.fingerprint = device_fingerprint(self.device)
         self.meta = {"kind": kind, "fingerprint": self.fingerprint,
                      "space": self.space.to_dict(), "device": self.device.to_dict(),
@@ -184,9 +270,9 @@ class Profiler:
         self.backend = get_backend(self.device, cache_dir or self.path.parent / ".cache" /
                                    self.device.name)
 
-    def _existing(self) -> pd.DataFrame | None:
+    def _existing(self) -> tuple[pd.DataFrame | None, dict]:
         if not self.path.exists():
-            return None
+            return None, {}
         df, meta = read_table(self.path, self.kind)
         diff = fingerprint_diff(meta.get("fingerprint") or {}, self.fingerprint)
         if diff:
@@ -197,20 +283,39 @@ class Profiler:
         if space is not None and space.id != self.space.id:
             raise LutError(f"cannot extend {self.path}: it holds space {space.name!r}, not "
                            f"{self.space.name!r}")
-        return df
+        return df, meta
+
+    def _calibrate(self, stored: dict | None) -> None:
+        """Time the calibration probes (``hwnas.probe``) into the table's metadata; a table
+        being extended must have been measured at this machine's present speed."""
+        from hwnas.probe import TOLERANCE, compare, measure_probes
+
+        now = measure_probes(self.device, backend=self.backend)
+        if stored and stored.get("ms"):
+            ratio = compare(stored, now)[0]
+            if abs(ratio - 1) > TOLERANCE:
+                raise LutError(f"cannot resume or extend {self.path}: this machine runs the "
+                               f"calibration probes {ratio:.2f}x as long as when its rows were "
+                               f"measured, so the table would mix two speeds; profile into "
+                               f"another --out folder or delete it")
+        self.meta["probes"] = stored if stored and stored.get("ms") else now
 
     def run(self, items: Sequence[Item]) -> ProfileResult:
-        existing = self._existing()
+        existing, existing_meta = self._existing()
         done = set(existing["key"]) if existing is not None else set()
         pending = [it for it in dict((it.key, it) for it in items).values() if it.key not in done]
         result = ProfileResult(self.path, existing if existing is not None else pd.DataFrame(),
                                reused=len(items) - len(pending))
         if not pending:
             return result
-        journal = Journal(self.path.with_name(self.path.name.replace(".parquet", "")
-                                              + ".journal.parquet"), self.meta)
+        journal_path = self.path.with_name(self.path.name.replace(".parquet", "")
+                                           + ".journal.parquet")
+        if self.calibrate:
+            self._calibrate(existing_meta.get("probes") or Journal.stored_probes(journal_path))
+        journal = Journal(journal_path, self.meta)
         window = self.protocol.window or len(pending)
-        with pinned(self.device.cpu_affinity), progress_bar(self.progress, eta=True) as bar:
+        with pinned(self.device.cpu_affinity, self.device.threads), \
+                progress_bar(self.progress, eta=True) as bar:
             for start in range(0, len(pending), window):
                 chunk = pending[start:start + window]
                 rows = self._measure(chunk, journal, bar, result)
@@ -228,17 +333,38 @@ class Profiler:
         p = self.protocol
         t0 = time.perf_counter()
         build_task = bar.add_task(f"build {self.device.backend}", total=len(items))
-        runners = {}
-        for it in items:
-            torch.manual_seed(0)
-            runners[it.key] = self.backend.prepare(
-                it.build(), it.input_shape, f"{it.key}|{self.device.precision}")
-            bar.advance(build_task)
+        dev = self.device
+        specs = {it.key: (it.build, dev.input_shape(it.input_shape), model_key(it.ident, dev))
+                 for it in items}
+        runners, statistic = {}, {}
+        # with reload, converted files stay on disk and at most 40 models are loaded at once
+        step = RELOAD_GROUP if p.reload else len(specs)
+        keys = list(specs)
+        for start in range(0, len(keys), step):
+            group = keys[start:start + step]
+            built = self.backend.prepare_many([specs[k] for k in group],
+                                              lambda n: bar.advance(build_task, n))
+            for key, runner in zip(group, built):
+                statistic[key] = runner.info.get("statistic", PER_CALL)
+                if p.reload:
+                    runner.close()
+                else:
+                    runners[key] = runner
+
+        def visit(key: str, time_it: bool = True) -> np.ndarray | None:
+            runner = runners.get(key) or self.backend.prepare_many([specs[key]])[0]
+            statistic[key] = runner.info.get("statistic", PER_CALL)
+            samples = timed_visit(runner, p) if time_it else settle(runner, p)
+            if p.reload:
+                runner.close()
+            return samples
+
         result.build_s += time.perf_counter() - t0
 
         t1 = time.perf_counter()
         best: dict[str, dict[str, Any]] = {}
         todo = [it.key for it in items]
+        visit(todo[0], time_it=False)  # settle
         for attempt in range(p.max_retries + 1):
             if not todo:
                 break
@@ -250,10 +376,7 @@ class Profiler:
                 np.random.default_rng([p.seed, attempt, rnd]).shuffle(order)
                 for key in order:
                     if not journal.has(key, attempt, rnd):
-                        runner = runners[key]
-                        if p.warmup and not runner.info.get("warmup_inside"):
-                            runner.time(p.warmup)
-                        samples = runner.time(p.runs)
+                        samples = visit(key)
                         result.timed_s += float(samples.sum())
                         journal.add(key, attempt, rnd, samples * 1e3)
                         result.visits += 1
@@ -268,7 +391,6 @@ class Profiler:
                 if key not in best or stats["spread"] < best[key]["spread"]:
                     best[key] = stats
             todo = [k for k in todo if best[k]["spread"] > p.max_spread]
-        statistic = {k: r.info.get("statistic", PER_CALL) for k, r in runners.items()}
         for r in runners.values():
             r.close()
         result.timing_s += time.perf_counter() - t1
@@ -277,7 +399,7 @@ class Profiler:
             result.notes.append(f"{len(noisy)} row(s) stayed above spread "
                                 f"{p.max_spread:g} after {p.max_retries} re-measurements")
         by_key = {it.key: it for it in items}
-        return [{**by_key[k].row, **best[k], "statistic": statistic[k],
+        return [{**by_key[k].row, "batch": dev.batch, **best[k], "statistic": statistic[k],
                  "measured_at": pd.Timestamp.now(tz="UTC")} for k in by_key]
 
 
@@ -292,8 +414,9 @@ def subnet_items(archs: Iterable[Arch], space: SearchSpace) -> list[Item]:
         c = count(arch, space)
         row = {"key": arch.key, "arch": arch.to_json(), "name": space.arch_name(arch),
                "r": arch.r, "macs": c.macs, "params": c.params}
-        items.append(Item(arch.key, row, lambda a=arch: build_network(ops(a, space)),
-                          (1, space.in_channels, arch.r, arch.r)))
+        # an arch's key is its JSON; two spaces (widths) share archs, not networks
+        items.append(Item(arch.key, row, NetworkBuild(tuple(ops(arch, space))),
+                          (1, space.in_channels, arch.r, arch.r), f"{space.id}:{arch.key}"))
     return items
 
 
@@ -315,12 +438,14 @@ def sample_subnets(space: SearchSpace, n: int, seed: int = 0,
 def profile(device: Device | str, space: SearchSpace | str = "default",
             resolutions: Sequence[int] | None = None, subnets: int = 0, seed: int = 0,
             out_dir: str | Path = "lut", cache_dir: str | Path | None = None,
-            op_list: Sequence[OpSpec] | None = None, progress: bool = True
-            ) -> tuple[ProfileResult, ProfileResult | None]:
+            op_list: Sequence[OpSpec] | None = None, progress: bool = True,
+            batch: int | None = None) -> tuple[ProfileResult, ProfileResult | None]:
     """Measure every unique op of ``space`` (at ``resolutions``) on ``device`` into
     ``<out_dir>/<device>.parquet`` and, with ``subnets``, that many sampled subnets into
-    ``<out_dir>/<device>.subnets.parquet``. Resumes where an earlier run stopped."""
-    device = load_device(device)
+    ``<out_dir>/<device>.subnets.parquet``. Resumes where an earlier run stopped.
+    ``batch`` overrides the device's batch size (the device is then ``<device>-b<batch>``,
+    and so are its tables)."""
+    device = load_device(device, batch)
     space = get_space(space)
     if resolutions:
         bad = [r for r in resolutions if r not in space.resolutions]
@@ -344,12 +469,9 @@ def time_runner(runner, protocol) -> dict[str, float]:
     ``runs`` calls, summarised over all timed calls, re-measured while noisier than
     ``max_spread``): what the profiler does for each row, for a single model file."""
     best: dict[str, float] | None = None
+    settle(runner, protocol)
     for attempt in range(protocol.max_retries + 1):
-        samples = []
-        for _ in range(protocol.rounds):
-            if protocol.warmup and not runner.info.get("warmup_inside"):
-                runner.time(protocol.warmup)
-            samples.append(runner.time(protocol.runs) * 1e3)
+        samples = [timed_visit(runner, protocol) * 1e3 for _ in range(protocol.rounds)]
         stats = summarize(np.concatenate(samples))
         stats["attempts"] = attempt + 1
         stats["statistic"] = runner.info.get("statistic", PER_CALL)
@@ -373,6 +495,6 @@ def measure_subnets(device: Device | str, archs: Sequence[Arch], space: SearchSp
     return res.table.set_index("key").loc[[a.key for a in archs]].reset_index()
 
 
-__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "measure_subnets", "pinned", "profile",
-           "sample_subnets", "time_runner",
+__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "least_busy_cores", "measure_subnets",
+           "pinned", "profile", "sample_subnets", "settle", "time_runner", "timed_visit",
            "summarize", "SCHEMA_VERSION"]

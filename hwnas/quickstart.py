@@ -1,11 +1,11 @@
 """``hwnas quickstart``: the whole chain, small, on this machine's CPU.
 
-profile (ONNX Runtime, small space: every op plus sampled subnets) -> fit and evaluate the
-latency predictor on held-out subnets (and scale it to TFLite on a few subnets measured
-there) -> train the supernet briefly on the embedded digits
--> search under a latency budget (default: the middle of the measured range) -> export the
-winner to ONNX and TFLite, verify both, measure both -> one closing table and a static
-HTML report. Everything goes under one folder; a re-run reuses what is still valid (the
+profile ONNX Runtime and TFLite (small space: every op plus sampled subnets, TFLite ops
+converted many to a file and cached across runs) -> fit the same predictor kind for each
+and judge it on held-out subnets -> train the supernet briefly on the embedded digits
+-> search under a latency budget (default: the middle of the measured range), the best
+arch measured on the CPU before it is reported -> export the winner to ONNX and TFLite,
+verify both, measure both -> one closing table and a static HTML report. Everything goes under one folder; a re-run reuses what is still valid (the
 tables, the checkpoint, the search archive).
 """
 
@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import html
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class QuickstartConfig:
     train_epochs: int = 15
     train_max_steps: int | None = None
     evaluations: int = 100       # accuracy evaluations of the search
-    tflite_subnets: int = 8      # measured on the TFLite device to scale ORT's LUT to it
+    tflite_subnets: int = 90     # measured with TFLite; 2/3 fit its predictor, the rest judge
     pop_size: int = 16
     algorithm: str = "nsga2"
     protocol_runs: int | None = None    # override the device's timed runs (tests)
@@ -55,7 +56,8 @@ class QuickstartConfig:
             ("subnets", self.subnets >= 6, ">= 6 (some fit the predictor, some judge it)"),
             ("train_epochs", self.train_epochs >= 1, ">= 1"),
             ("evaluations", self.evaluations >= 4, ">= 4"),
-            ("tflite_subnets", self.tflite_subnets >= 2, ">= 2"),
+            ("tflite_subnets", self.tflite_subnets >= 6, ">= 6 (some fit the predictor, "
+                                                           "some judge it)"),
             ("pop_size", self.pop_size >= 4, ">= 4")], QuickstartError, "quickstart setting",
             self)
 
@@ -73,7 +75,9 @@ class QuickstartConfig:
         f = minutes / 10.0
         return dataclasses.replace(self, train_epochs=max(1, round(self.train_epochs * f)),
                                    evaluations=max(8, round(self.evaluations * f)),
-                                   subnets=max(12, round(self.subnets * min(f, 2.0))))
+                                   subnets=max(12, round(self.subnets * min(f, 2.0))),
+                                   tflite_subnets=max(12, round(self.tflite_subnets
+                                                                * min(f, 2.0))))
 
 
 @dataclass
@@ -86,10 +90,11 @@ class QuickstartResult:
     params: int
     budget_ms: float
     latency: list[dict[str, Any]]
-    predictor_metrics: dict[str, float]
+    predictor_metrics: dict[str, dict[str, float]]  # device -> held-out metrics
     files: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = ""
+    verify: dict[str, Any] | None = None             # the search's on-device checks
 
     def tables(self) -> list[Table]:
         """The chosen network and the files, as ``hwnas quickstart`` prints them."""
@@ -103,7 +108,20 @@ class QuickstartResult:
                 f"predicted {r['predicted_ms']:.3f} ms"
             meas = "not measured" if r.get("measured_ms") is None else \
                 f"measured {r['measured_ms']:.3f} ms"
-            chosen.rows.append([f"{r['device']} ({r.get('file')})", f"{pred}, {meas}"])
+            ratio = "" if r.get("measured/predicted") is None else \
+                f" (x{r['measured/predicted']:.2f})"
+            drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
+            if drift:  # the machine's speed moved since profiling (hwnas.probe)
+                pred += f" (scaled by {drift.group(1)}: the calibration probes drifted)"
+            chosen.rows.append([f"{r['device']} ({r.get('file')})", f"{pred}, {meas}{ratio}"])
+        for device, m in self.predictor_metrics.items():
+            chosen.rows.append([f"{device} predictor (held out)",
+                                f"{m['within_10pct']:.0%} of {m['n']} subnets within ±10%, "
+                                f"Kendall tau {m['kendall_tau']:.2f}"])
+        if self.verify:
+            chosen.rows.append(["search, measured on the CPU",
+                                f"{self.verify['measurements']} archs "
+                                f"({self.verify['seconds']:.0f} s), the winner included"])
         chosen.rows.append(["time", ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())])
         return [chosen, Table("files", ["what", "where"], [[k, v] for k, v in self.files.items()])]
 
@@ -161,41 +179,46 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     files: dict[str, str] = {}
     atomic_write_json(out / "quickstart.json", dataclasses.asdict(cfg), indent=2)
 
-    # 1. profile
-    console.rule(f"1/5 profile {dev.name} ({cfg.space} space)")
+    # 1. profile (every device the quickstart measures on: ONNX Runtime, and TFLite here)
+    devices = [dev] + ([tfl] if not tflite_problem else [])
+    console.rule(f"1/5 profile {' and '.join(d.name for d in devices)} ({cfg.space} space)")
     t = time.perf_counter()
     from hwnas.profile import profile
 
     lut = out / "lut"
-    ops_res, sub_res = profile(dev, cfg.space, subnets=cfg.subnets, seed=cfg.seed,
-                               out_dir=lut, cache_dir=lut / ".cache", progress=progress)
+    measured = {}
+    for d in devices:
+        n = cfg.subnets if d is dev else cfg.tflite_subnets
+        ops_res, sub_res = profile(d, cfg.space, subnets=n, seed=cfg.seed, out_dir=lut,
+                                   cache_dir=lut / ".cache", progress=progress)
+        measured[d.name] = sub_res.table
+        files.update({f"lut {d.name}": str(ops_res.path),
+                      f"subnets {d.name}": str(sub_res.path)})
+        console.print(f"{d.name}: {len(ops_res.table)} ops and {len(sub_res.table)} subnets "
+                      f"measured ({ops_res.measured + sub_res.measured} now, the rest reused)")
     secs["profile"] = time.perf_counter() - t
-    files.update(lut=str(ops_res.path), subnets=str(sub_res.path))
-    console.print(f"{len(ops_res.table)} ops and {len(sub_res.table)} subnets measured "
-                  f"({ops_res.measured + sub_res.measured} now, the rest reused)")
 
-    # 2. predictor
-    console.rule("2/5 latency predictor")
+    # 2. predictors: the same kind for every device, judged on subnets it never saw
+    console.rule("2/5 latency predictors")
     t = time.perf_counter()
     from hwnas.predictor import fit_for_device
 
-    n_train = max(4, round(len(sub_res.table) * 2 / 3))
-    report = fit_for_device(dev.name, "xgboost", space=cfg.space, n_train=n_train,
-                            seed=cfg.seed, lut_dir=lut)
+    reports = {}
+    for d in devices:
+        n_train = max(4, round(len(measured[d.name]) * 2 / 3))
+        reports[d.name] = fit_for_device(d.name, "xgboost", space=cfg.space, n_train=n_train,
+                                         seed=cfg.seed, lut_dir=lut)
+        files.update({f"predictor {d.name}": reports[d.name].files["predictor"],
+                      f"predictor plot {d.name}": reports[d.name].files["plot"]})
+        m = reports[d.name].rows["xgboost"]
+        console.print(f"{d.name}: xgboost on {m['n']} held-out subnets: MAPE {m['mape']:.1%}, "
+                      f"within ±10% {m['within_10pct']:.0%}, Kendall tau "
+                      f"{m['kendall_tau']:.2f}")
     secs["predictor"] = time.perf_counter() - t
-    files.update(predictor=report.files["predictor"], predictor_plot=report.files["plot"])
-    m = report.rows["xgboost"]
-    console.print(f"xgboost on {m['n']} held-out subnets: MAPE {m['mape']:.1%}, within ±10% "
-                  f"{m['within_10pct']:.0%}, Kendall tau {m['kendall_tau']:.2f}")
 
     from hwnas.space import get_space
 
     space = get_space(cfg.space)
-    if not tflite_problem:
-        t = time.perf_counter()
-        files["tflite_predictor"] = str(_tflite_predictor(cfg, dev, tfl, space, ops_res.path,
-                                                          sub_res.table, lut, progress))
-        secs["predictor"] += time.perf_counter() - t
 
     # 3. train
     console.rule("3/5 supernet training (digits)")
@@ -218,11 +241,12 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     t = time.perf_counter()
     from hwnas.search import SearchConfig, search
 
-    budget = cfg.budget_ms or default_budget(sub_res.table)
+    budget = cfg.budget_ms or default_budget(measured[dev.name])
     scfg = SearchConfig(space=cfg.space, objectives=("acc", f"latency:{dev.name}"),
                         budgets_ms=(round(budget, 4),), algorithm=cfg.algorithm,
                         evaluations=cfg.evaluations, pop_size=cfg.pop_size, seed=cfg.seed,
-                        lut_dir=str(lut), checkpoint=str(tres.checkpoint), calib_batches=2)
+                        lut_dir=str(lut), checkpoint=str(tres.checkpoint), calib_batches=2,
+                        verify_limit=20, allow_drift=True)
     run_dir = _search_folder(out, scfg.to_dict())
     sres = search(scfg, run_dir, resume=(run_dir / "config.json").exists(),
                   progress=progress)
@@ -240,10 +264,9 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
 
     formats = ["onnx"] + ([] if tflite_problem and "litert-torch" in tflite_problem
                           else ["tflite"])
-    devices = [dev] + ([tfl] if not tflite_problem else [])
     eres = export(run_dir / "best.json", out / "export", formats, space=space,
                   checkpoint=tres.checkpoint, devices=devices, lut_dir=lut, seed=cfg.seed,
-                  progress=progress)
+                  progress=progress, allow_drift=True)
     secs["export"] = time.perf_counter() - t
     files["manifest"] = str(eres.manifest_path)
     for f in eres.manifest["files"]:
@@ -251,34 +274,16 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     arch = json.loads(best["arch"])
     result = QuickstartResult(out, arch, best["name"], float(best["acc"]),
                               int(eres.manifest["macs"]), int(eres.manifest["params"]), budget,
-                              eres.manifest["latency"], m, files, secs, dev.name)
+                              eres.manifest["latency"],
+                              {k: r.rows["xgboost"] for k, r in reports.items()}, files, secs,
+                              dev.name, sres.verify)
     if tflite_problem:
         result.latency.append({"device": tfl.name, "file": "-", "measured_ms": None,
                                "predicted_ms": None, "predictor": tflite_problem})
-    write_report(result, report, sres, eres.manifest, out / "report.html")
+    write_report(result, reports, sres, eres.manifest, out / "report.html")
     files["report"] = str(out / "report.html")
     atomic_write_json(out / "result.json", dataclasses.asdict(result), indent=2, default=str)
     return result
-
-
-def _tflite_predictor(cfg, dev, tfl, space, ort_lut: Path, ort_subnets, lut: Path,
-                     progress: bool) -> Path:
-    """A TFLite latency predictor without a TFLite LUT (one conversion per op would take
-    longer than the whole quickstart): ``dev``'s LUT sum scaled to ``tfl`` by the median
-    ratio of a few subnets measured there (the smallest and largest among them)."""
-    from hwnas.lut import LatencyTable
-    from hwnas.predictor import LutLinear, default_predictor_path
-    from hwnas.profile import measure_subnets
-
-    archs = [space.arch(json.loads(a)) for a in ort_subnets["arch"]][:cfg.tflite_subnets]
-    measured = measure_subnets(tfl, archs, space, lut, cache_dir=lut / ".cache",
-                               progress=progress)
-    # a scale alone: an offset fitted on a few noisy points drove small archs below zero
-    pred = LutLinear(LatencyTable.load(ort_lut, space), offset=False).fit(
-        archs, measured["latency_ms"].to_numpy(float))
-    pred.extra = {"device": tfl.name, "how": f"{dev.name}'s LUT sum times the median ratio "
-                                            f"of {len(archs)} subnets measured on {tfl.name}"}
-    return pred.save(default_predictor_path(tfl.name, lut))
 
 
 def default_budget(subnets) -> float:
@@ -326,13 +331,23 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def write_report(res: QuickstartResult, predictor_report, search_result, manifest,
+def write_report(res: QuickstartResult, predictor_reports, search_result, manifest,
                  path: Path) -> Path:
-    """One static HTML file (images inlined, no scripts, no network)."""
+    """One static HTML file (images inlined, no scripts, no network). ``predictor_reports``:
+    device -> its predictor report (held-out metrics of every kind)."""
     lat_rows = [[r["device"], r.get("file"), r.get("predicted_ms"), r.get("measured_ms"),
                  r.get("measured/predicted"), r.get("predictor")] for r in res.latency]
-    pred_rows = [[k, v["n"], v["mape"], v["within_5pct"], v["within_10pct"], v["kendall_tau"]]
-                 for k, v in predictor_report.rows.items()]
+    pred_rows = [[device, k, v["n"], v["mape"], v["within_5pct"], v["within_10pct"],
+                  v["kendall_tau"]]
+                 for device, report in predictor_reports.items() for k, v in report.rows.items()]
+    plots = [_img(res.files[f"predictor plot {d}"], f"{d}: predicted vs measured latency, "
+                                                    f"held-out subnets")
+             for d in predictor_reports]
+    verify = search_result.verify
+    checked = "" if not verify else (
+        f" {verify['measurements']} archs measured on {verify['device']} during the search "
+        f"({verify['seconds']:.0f} s); the best per budget was measured before it was "
+        f"reported.")
     checks = [[c["variant"], c["against"], c["max_abs_diff"], c["tolerance"], c["ok"]]
               for c in manifest["checks"]]
     filerows = [[f["variant"], f["file"], f["bytes"], f["sha256"]] for f in manifest["files"]]
@@ -349,14 +364,14 @@ def write_report(res: QuickstartResult, predictor_report, search_result, manifes
         "<h2>Latency: predicted vs measured</h2>",
         _table(["device", "file", "predicted ms", "measured ms", "measured/predicted",
                 "predictor"], lat_rows),
-        "<h2>1. Profile and 2. predictor</h2>",
-        _table(["predictor", "held-out n", "MAPE", "within ±5%", "within ±10%",
+        "<h2>1. Profile and 2. predictors</h2>",
+        _table(["device", "predictor", "held-out n", "MAPE", "within ±5%", "within ±10%",
                 "Kendall tau"], pred_rows),
-        _img(res.files["predictor_plot"], "predicted vs measured latency, held-out subnets"),
+        *plots,
         "<h2>3. Supernet training</h2>", _img(res.files["training_plot"], "training loss"),
         "<h2>4. Search</h2>",
         f"<p>{search_result.evaluations} accuracy evaluations, "
-        f"{len(search_result.front)} archs on the Pareto front.</p>",
+        f"{len(search_result.front)} archs on the Pareto front.{html.escape(checked)}</p>",
         _img(res.files["front_plot"], "accuracy vs predicted latency, front and budget"),
         _img(res.files["hypervolume_plot"], "hypervolume over the search"),
         "<h2>5. Export</h2>",

@@ -7,6 +7,12 @@ import torch
 # One thread: tests share a 2-core machine with whatever else runs there.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Converted models are cached per user across runs (hwnas.files.user_cache); the tests
+# (and the commands they start) share one cache of their own, not the user's.
+if "HWNAS_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["HWNAS_CACHE"] = tempfile.mkdtemp(prefix="hwnas-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,81 @@ def test_tflite_models_take_nhwc_without_a_transpose(small, tmp_path):
     assert "DEPTHWISE_CONV_2D" in runner.info["ops"]
 
 
+def test_tflite_converts_many_ops_at_once_and_caches_them(small, tmp_path, monkeypatch):
+    """One litert-torch conversion holds many ops (branches of one graph, split into a file
+    each); each file has the ops a conversion of that op alone gives, and matches PyTorch;
+    a later run converts nothing again."""
+    from hwnas.backends import tflite
+    from hwnas.convert import to_tflite
+
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tflite, "MODELS_PER_CONVERSION", 3)
+    monkeypatch.setattr(tflite, "CONVERSION_WORKERS", 1)  # counted here, not in workers
+    conversions = []
+    real = tflite.ConvertedCache.convert
+    monkeypatch.setattr(tflite.ConvertedCache, "convert",
+                        lambda self, g: (conversions.append(len(g)), real(self, g)))
+    dev = load_device("cpu-tflite")
+    chosen = unique_ops(small, [32])[:4] + [_op(small)]
+    items = [(o.build, o.input_shape, f"{o.key}|fp32") for o in chosen]
+    runners = get_backend(dev, tmp_path).prepare_many(items)
+    assert conversions == [3, 2]
+    files = sorted((tmp_path / "cache" / "tflite").rglob("*.tflite"))
+    assert len(files) == 5 and {r.info["tflite"] for r in runners} == {str(f) for f in files}
+    for i, (op, runner) in enumerate(zip(chosen, runners)):
+        assert np.all(runner.time(10) > 0)
+        torch.manual_seed(0)
+        module = op.build()
+        x = sample_input(op.input_shape, seed=4).numpy()
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        assert np.abs(runner.infer(x) - ref).max() <= 1e-3, op.key
+        alone = tflite.interpreter_runner(to_tflite(module, sample_input(op.input_shape),
+                                                    tmp_path / f"alone{i}.tflite"),
+                                          np.zeros(runner.info["input_shape"], np.float32), 1)
+        assert runner.info["ops"] == alone.info["ops"], op.key
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = get_backend(dev, tmp_path / "other").prepare_many(items)  # another run, folder
+    assert conversions == [3, 2] and [f.stat().st_mtime_ns for f in files] == stamps
+    assert [r.info["tflite"] for r in again] == [r.info["tflite"] for r in runners]
+
+
+def test_tflite_subnets_are_stitched_from_their_converted_ops(small, tmp_path, monkeypatch):
+    """A subnet's TFLite model is assembled from its ops' files: it computes what those
+    ops compute in PyTorch, and has the converter's own ops for the whole subnet, in order,
+    but for the layout change the pooling op carries when converted alone."""
+    from hwnas.backends import tflite
+    from hwnas.backends.base import model_key
+    from hwnas.convert import to_tflite
+    from hwnas.ops import NetworkBuild, build_network, ops
+
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    dev = load_device("cpu-tflite")
+    arch = small.sample(1, seed=7)[0]
+    op_list = ops(arch, small)
+    shape = (1, 3, arch.r, arch.r)
+    runner, = get_backend(dev, tmp_path).prepare_many(
+        [(NetworkBuild(tuple(op_list)), shape, model_key(f"{small.id}:{arch.key}", dev))])
+    assert len(list((tmp_path / "cache").rglob("*.tflite"))) == len(
+        {o.key for o in op_list}) + 1  # every op's file, and the subnet's
+    parts = []
+    for op in op_list:
+        torch.manual_seed(0)
+        parts.append(op.build())
+    x = sample_input(shape, seed=4).numpy()
+    with torch.no_grad():
+        ref = torch.nn.Sequential(*parts).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.infer(x) - ref).max() <= 1e-4
+    direct = tflite.interpreter_runner(
+        to_tflite(build_network(op_list), sample_input(shape), tmp_path / "direct.tflite"),
+        np.zeros(runner.info["input_shape"], np.float32), 1)
+    layout = ("TRANSPOSE", "RESHAPE")
+    assert [o for o in runner.info["ops"] if o not in layout] == \
+        [o for o in direct.info["ops"] if o not in layout]
+    assert len(runner.info["ops"]) - len(direct.info["ops"]) <= 2
+    assert np.all(runner.time(20) > 0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_litert_gpu_is_reported_unusable_without_a_gpu():
     dev = dataclasses.replace(load_device("cpu-tflite"), hardware="cuda", name="gpu-tflite")

@@ -11,7 +11,8 @@ from hwnas.devices import (check_usable, device_fingerprint, find_device_file,
 from hwnas.errors import DeviceError
 
 SHIPPED = ["cpu-onnxruntime", "cpu-torch", "cpu-tflite", "cuda-torch", "cuda-onnxruntime",
-           "cuda-tensorrt", "android-tflite-gpu", "android-tflite-cpu"]
+           "cuda-tensorrt", "android-tflite-gpu", "android-tflite-cpu", "cpu-onnxruntime-b32",
+           "cuda-torch-b64"]
 
 
 def test_every_shipped_device_file_validates():
@@ -55,6 +56,11 @@ BASE = {"name": "d", "backend": "onnxruntime", "hardware": "cpu"}
     ({"protocol": {"runs": -1}}, ["protocol.runs", ">= 0"]),
     ({"protocol": {"max_spread": "low"}}, ["protocol.max_spread", "number"]),
     ({"cpu_affinity": [0, -1]}, ["cpu_affinity", "core numbers"]),
+    ({"cpu_affinity": "first"}, ["cpu_affinity", "'auto'"]),
+    ({"batch": 0}, ["'batch'", "1..4096"]),
+    ({"batch": 10 ** 6}, ["'batch'", "1..4096", "1000000"]),
+    ({"batch": "32"}, ["'batch'", "integer", "str"]),
+    ({"protocol": {"min_time_ms": 10 ** 9}}, ["protocol.min_time_ms", "60,000"]),
     ({"android": {"serial": "x"}}, ["'android'", "adb-tflite"]),
     ({"name": "a/b"}, ["'name'", "file-safe"]),
 ])
@@ -79,6 +85,36 @@ def test_android_section_validation():
         parse_device({"name": "p", "backend": "adb-tflite"})
     with pytest.raises(DeviceError, match="YAML mapping"):
         parse_device(["not", "a", "mapping"])
+
+
+def test_batch_is_a_device_setting_and_a_name(tmp_path):
+    b32 = load_device("cpu-onnxruntime-b32")
+    assert b32.batch == 32 and b32.input_shape((1, 3, 224, 224)) == (32, 3, 224, 224)
+    assert device_fingerprint(b32)["batch"] == 32
+    assert device_fingerprint(load_device("cpu-onnxruntime"))["batch"] == 1
+    # any device at any batch: by name, or with the override (profile --batch)
+    b16 = load_device("cpu-onnxruntime-b16")
+    assert b16.name == "cpu-onnxruntime-b16" and b16.batch == 16
+    assert b16 == load_device("cpu-onnxruntime", batch=16)
+    assert load_device("cpu-onnxruntime-b32", batch=64).name == "cpu-onnxruntime-b64"
+    assert load_device("cpu-onnxruntime-b32", batch=1).name == "cpu-onnxruntime"
+    assert load_device("cuda-torch-b64").batch == 64
+    with pytest.raises(DeviceError, match="no device named 'phone9-b4'"):
+        load_device("phone9-b4")
+    # a runtime that takes batch 1 only says so, naming what it takes
+    with pytest.raises(DeviceError, match="batch 2 cannot run on backend 'adb-tflite'.*1..1"):
+        load_device("android-tflite-gpu", batch=2)
+    assert load_device("android-tflite-cpu", batch=2).batch == 2
+    with pytest.raises(DeviceError, match="'tflite'.*batch 1..1"):
+        parse_device({"name": "g", "backend": "tflite", "hardware": "cuda", "batch": 8})
+
+
+def test_cpu_affinity_auto():
+    dev = parse_device({**BASE, "cpu_affinity": "auto"})
+    assert dev.cpu_affinity == "auto" and dev.to_dict()["cpu_affinity"] == "auto"
+    assert check_usable(dev) is None
+    with pytest.raises(DeviceError, match="'auto' is for hardware 'cpu'"):
+        parse_device({"name": "g", "backend": "torch", "hardware": "cuda", "cpu_affinity": "auto"})
 
 
 def test_new_device_is_a_new_yaml_file(tmp_path):

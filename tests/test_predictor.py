@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from helpers import synthetic_table
 
+from hwnas.fewshot import FewShotPredictor
 from hwnas.ops import count_batch
 from hwnas.predictor import (LutLinear, LutSum, MacsLinear, PredictorError, TransferPredictor,
                              XGBoostPredictor, load_predictor, make_predictor, metrics,
@@ -95,7 +96,8 @@ def test_every_loaded_kind_refits_as_it_was_made(data, small, tmp_path):
     made = {"lut-sum": LutSum(table), "lut-linear": LutLinear(table, offset=False),
             "macs-linear": MacsLinear(table), "xgboost": XGBoostPredictor(
                 table, n_estimators=40, ensemble=2, max_depth=2, seed=3),
-            "transfer": TransferPredictor(base, table)}
+            "transfer": TransferPredictor(base, table),
+            "fewshot": FewShotPredictor(table, use_lut=False)}
     assert set(made) == set(PREDICTORS.choices())  # every kind there is
     for kind, p in made.items():
         p.fit(archs[:60], y[:60])
@@ -105,6 +107,7 @@ def test_every_loaded_kind_refits_as_it_was_made(data, small, tmp_path):
         fresh = p.fit(archs[60:140], y[60:140]).predict(archs[200:])
         assert np.array_equal(refit, fresh), kind
     assert load_predictor(tmp_path / "lut-linear.json").offset is False
+    assert load_predictor(tmp_path / "fewshot.json").use_lut is False
     with pytest.raises(PredictorError, match="offset='yes'"):
         LutLinear(table, offset="yes")
 

@@ -69,3 +69,44 @@ def test_clear_errors(lut_dir):
     assert r.returncode == 2 and "'gp' is not one of 'lut-sum'" in said and "xgboost" in said
     r = hwnas("predictor", "fit", "--device", "nowhere", "--lut", str(lut_dir))
     assert r.returncode == 2 and "no such lookup table" in r.stderr
+
+
+def test_fit_with_k_few_shot_on_real_tables(lut_dir):
+    r = hwnas("predictor", "fit", "--device", "cpu-torch", "--k", "12", "--prior",
+              "cpu-onnxruntime", "--lut", str(lut_dir))
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    for word in ("few-shot from 12 subnets (structure, LUT, cpu-onnxruntime)", "14 held out",
+                 "chosen by leave-one-out", "macs-linear", "blocks-linear", "lut-linear",
+                 "ceiling"):
+        assert word in out, word
+    doc = json.loads((lut_dir / "cpu-torch.predictor.json").read_text())
+    assert doc["kind"] == "fewshot" and doc["extra"]["k"] == 12
+    assert doc["state"]["priors"] == {"cpu-onnxruntime": "cpu-onnxruntime.predictor.json"}
+    # k must leave subnets to judge it; a batch mismatch is named
+    r = hwnas("predictor", "fit", "--device", "cpu-torch", "--k", "26", "--lut", str(lut_dir))
+    assert r.returncode == 2 and "--k 26 does not fit cpu-torch's 26 measured subnets" in \
+        r.stderr and "5..25" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_predictor_of_another_batch_is_refused(lut_dir, tmp_path):
+    import shutil
+
+    from hwnas.lut import read_table, write_table
+    from hwnas.predictor import PredictorError, load_predictor
+
+    folder = tmp_path / "lut"
+    shutil.copytree(lut_dir, folder)
+    path = folder / "cpu-onnxruntime.parquet"
+    df, meta = read_table(path)
+    meta.pop("schema_version")
+    meta["fingerprint"] = {**meta["fingerprint"], "batch": 32}
+    with pytest.raises(PredictorError, match="fitted at batch 1; these tables are at batch "
+                                             "32.*predictor fit --device cpu-onnxruntime"):
+        load_predictor(folder / "cpu-onnxruntime.predictor.json",
+                       fingerprint=meta["fingerprint"], allow_mismatch=True)
+    write_table(df, path, meta)
+    r = hwnas("search", "--space", "small", "--device", "cpu-onnxruntime", "--objectives",
+              "latency,params", "--evaluations", "8", "--pop-size", "4", "--lut", str(folder),
+              "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "fitted at batch 1" in r.stderr and "Traceback" not in r.stderr

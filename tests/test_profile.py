@@ -16,7 +16,8 @@ from hwnas.devices import load_device
 from hwnas.errors import LutError
 from hwnas.lut import LatencyTable, read_table, write_table
 from hwnas.ops import unique_ops
-from hwnas.profile import Profiler, op_items, profile, sample_subnets, summarize
+from hwnas.profile import (Profiler, least_busy_cores, op_items, pinned, profile,
+                           sample_subnets, summarize, timed_visit)
 
 
 def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
@@ -28,7 +29,9 @@ def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
     assert (table["latency_ms"] > 0).all() and (table["p10_ms"] <= table["latency_ms"]).all()
     assert (table["latency_ms"] <= table["p90_ms"]).all()
     p = load_device("cpu-onnxruntime").protocol
-    assert (table["count"] % (p.runs * p.rounds) == 0).all()
+    assert (table["count"] >= p.runs * p.rounds).all() and (table["batch"] == 1).all()
+    # tiny ops get more calls, up to min_time_ms per visit
+    assert table["count"].max() > p.runs * p.rounds
     lut = LatencyTable.load(tmp_path / "cpu-onnxruntime.parquet", space=small)
     subs, meta = read_table(tmp_path / "cpu-onnxruntime.subnets.parquet", "subnets")
     assert len(subs) == 4 and meta["fingerprint"]["runtime"] == "onnxruntime"
@@ -40,6 +43,65 @@ def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
     again, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path,
                        cache_dir=tmp_path / "cache", progress=False)
     assert again.measured == 0 and again.reused == len(expected) and len(again.table) == len(table)
+
+
+def test_profile_at_another_batch_keys_its_tables_by_it(tmp_path, small):
+    ops_res, sub_res = profile("cpu-onnxruntime", small, resolutions=[32], subnets=2,
+                               out_dir=tmp_path, cache_dir=tmp_path / "cache", progress=False,
+                               op_list=unique_ops(small, [32])[:3], batch=4)
+    assert ops_res.path.name == "cpu-onnxruntime-b4.parquet"
+    assert sub_res.path.name == "cpu-onnxruntime-b4.subnets.parquet"
+    _, meta = read_table(ops_res.path)
+    assert meta["fingerprint"]["batch"] == 4 and meta["device"]["batch"] == 4
+    assert (ops_res.table["batch"] == 4).all() and (sub_res.table["batch"] == 4).all()
+    assert LatencyTable.load(ops_res.path).batch == 4
+    # a batch-4 op takes longer than the same op at batch 1
+    one, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path,
+                     cache_dir=tmp_path / "cache", progress=False,
+                     op_list=unique_ops(small, [32])[:3])
+    both = one.table.merge(ops_res.table, on="key", suffixes=("_1", "_4"))
+    assert (both["latency_ms_4"] > both["latency_ms_1"]).sum() >= 2
+
+
+class _Clock:
+    """A runner whose calls each take ``ms``."""
+
+    def __init__(self, ms):
+        self.ms, self.calls = ms, []
+
+    def runner(self, **info):
+        def time_(n):
+            self.calls.append(n)
+            return np.full(n, self.ms / 1e3)
+
+        return Runner(run=lambda: None, time=time_, info=info)
+
+
+def test_each_visit_times_at_least_min_time_ms():
+    proto = dataclasses.replace(load_device("cpu-onnxruntime").protocol, warmup=2, runs=5,
+                                min_time_ms=50.0)
+    clock = _Clock(0.5)
+    samples = timed_visit(clock.runner(), proto)
+    assert clock.calls == [2, 5, 95] and samples.size == 100  # 100 calls x 0.5 ms = 50 ms
+    slow = _Clock(20.0)
+    assert timed_visit(slow.runner(), proto).size == 5  # 5 x 20 ms is already enough
+    stats = _Clock(0.5)  # a runtime reporting one statistic per visit is not stretched
+    assert timed_visit(stats.runner(per_call=False, warmup_inside=True), proto).size == 5
+    assert stats.calls == [5]
+
+
+def test_pinning_auto_takes_the_least_busy_usable_cores():
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs Linux CPU affinity")
+    allowed = sorted(os.sched_getaffinity(0))
+    picked = least_busy_cores(1, allowed, interval_s=0.05)
+    assert len(picked) == 1 and picked[0] in allowed
+    with pinned("auto", threads=1):
+        inside = sorted(os.sched_getaffinity(0))
+        assert len(inside) == 1 and inside[0] in allowed
+    assert sorted(os.sched_getaffinity(0)) == allowed  # restored
+    with pinned("auto", threads=len(allowed)):
+        assert sorted(os.sched_getaffinity(0)) == allowed
 
 
 def test_sample_subnets_always_has_extremes(small):
@@ -55,6 +117,10 @@ def test_summarize():
 
 class FakeBackend:
     """Deterministic 'timings' so the protocol itself can be checked."""
+
+    from hwnas.backends.base import Backend
+
+    prepare_many = Backend.prepare_many
 
     def __init__(self, noisy_first=()):
         self.visits = []
@@ -77,10 +143,11 @@ class FakeBackend:
 
 
 def _profiler(tmp_path, small, backend, **protocol):
+    protocol = {"min_time_ms": 0.0, "settle_ms": 0.0, **protocol}  # fake clocks: calls counted
     dev = load_device("cpu-onnxruntime")
     dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol, **protocol))
     prof = Profiler(dev, small, tmp_path / "t.parquet", "ops", tmp_path / "c", progress=False)
-    prof.backend = backend
+    prof.backend, prof.calibrate = backend, False  # fake clocks: no probes
     return prof
 
 

@@ -19,7 +19,7 @@ def quick(out, **kw):
     from hwnas.quickstart import QuickstartConfig
 
     return QuickstartConfig(out=str(out), subnets=12, train_epochs=1, evaluations=8,
-                            protocol_runs=5, protocol_rounds=2, tflite_subnets=3, **kw)
+                            protocol_runs=5, protocol_rounds=2, tflite_subnets=6, **kw)
 
 
 @needs_litert
@@ -32,7 +32,7 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     out = tmp_path / "qs"
     cli = subprocess.run([sys.executable, "-m", "hwnas", "quickstart", "--out", str(out),
                           "--subnets", "12", "--epochs", "1", "--evaluations", "8",
-                          "--runs", "5", "--rounds", "2", "--tflite-subnets", "3"],
+                          "--runs", "5", "--rounds", "2", "--tflite-subnets", "6"],
                          capture_output=True, text=True, timeout=900)
     assert cli.returncode == 0, cli.stderr[-3000:] + cli.stdout[-3000:]
     assert "the chosen network" in cli.stdout and "report" in cli.stdout
@@ -44,16 +44,23 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     # every artefact of the chain is there
     for rel in ("lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
                 "lut/cpu-onnxruntime.predictor.json", "lut/cpu-onnxruntime.predictor.png",
+                "lut/cpu-tflite.parquet", "lut/cpu-tflite.subnets.parquet",
+                "lut/cpu-tflite.predictor.json", "lut/cpu-tflite.predictor.png",
                 "supernet-e1/last.pt", "training.png", "search/archive.parquet",
                 "search/best.json", "search/front.png", "search/hypervolume.png",
                 "export/model.onnx", "export/model.tflite", "export/manifest.json",
                 "report.html", "result.json"):
         assert (out / rel).stat().st_size > 0, rel
-    # the winner is the search's best, within the budget by the predictor
+    # the winner is the search's best, measured on the CPU within the budget before it
+    # was reported
     arch = small.load_arch(out / "search" / "best.json")
     assert small.arch(res["arch"]) == arch
     pred = load_predictor(out / "lut" / "cpu-onnxruntime.predictor.json")
-    assert float(pred.predict([arch])[0]) <= res["budget_ms"]
+    summary = json.loads((out / "search" / "summary.json").read_text())
+    confirmed = summary["verify"]["confirmed"]
+    assert len(confirmed) == 1 and next(iter(confirmed.values()))["measured_ms"] <= \
+        res["budget_ms"]
+    assert res["verify"]["measurements"] >= 1
     subs = pd.read_parquet(out / "lut" / "cpu-onnxruntime.subnets.parquet")
     assert len(subs) == 12
     assert subs["latency_ms"].min() <= res["budget_ms"] <= subs["latency_ms"].max()
@@ -68,22 +75,25 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert rows["cpu-onnxruntime"]["predicted_ms"] == pytest.approx(
         float(pred.predict([arch])[0]))
     assert rows["cpu-tflite"]["file"] == "model.tflite" and rows["cpu-tflite"]["measured_ms"] > 0
-    # TFLite's prediction: the ORT LUT sum scaled on 3 subnets measured with TFLite
+    # TFLite is profiled as ONNX Runtime is: its own LUT of every op, its own subnets, the
+    # same predictor kind judged on held-out subnets
     tfl = load_predictor(out / "lut" / "cpu-tflite.predictor.json")
-    assert tfl.kind == "lut-linear" and len(
-        pd.read_parquet(out / "lut" / "cpu-tflite.subnets.parquet")) == 3
+    assert tfl.kind == "xgboost" and len(
+        pd.read_parquet(out / "lut" / "cpu-tflite.subnets.parquet")) == 6
+    assert len(pd.read_parquet(out / "lut" / "cpu-tflite.parquet")) == len(
+        pd.read_parquet(out / "lut" / "cpu-onnxruntime.parquet"))
     assert rows["cpu-tflite"]["predicted_ms"] == pytest.approx(float(tfl.predict([arch])[0]))
-    assert rows["cpu-tflite"]["predicted_ms"] > 0 and tfl.coef[1] == 0.0
+    assert set(res["predictor_metrics"]) == {"cpu-onnxruntime", "cpu-tflite"}
     assert res["latency"] == m["latency"]
     # the report is one static file: images inlined, nothing fetched
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4  # predictor, training, front, HV
+    assert page.count("data:image/png;base64,") == 5  # 2 predictors, training, front, HV
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert res["name"] in page
     # a re-run reuses the tables, the checkpoint and the search
     before = {p: (out / p).stat().st_mtime_ns for p in (
         "lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
-        "supernet-e1/last.pt")}
+        "lut/cpu-tflite.parquet", "supernet-e1/last.pt")}
     again = run(quick(out), progress=False)  # same sizes, through the Python API
     assert again.arch == res["arch"]
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before

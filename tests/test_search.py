@@ -53,6 +53,7 @@ def budgets(predictor, small):
 
 
 def run(small, predictor, tmp_path, algorithm, evaluations=40, **kw):
+    kw.setdefault("verify", "off")  # synthetic tables: nothing to measure them against
     cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
                        budgets_ms=budgets(predictor, small), algorithm=algorithm,
                        evaluations=evaluations, pop_size=10, nat_initial=12,
@@ -109,7 +110,7 @@ def test_same_seed_same_search_and_resume_continues(small, predictor, tmp_path):
 
     cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
                        budgets_ms=budgets(predictor, small), algorithm="nsga2",
-                       evaluations=50, pop_size=10)
+                       evaluations=50, pop_size=10, verify="off")
     out = tmp_path / "cut"
     import hwnas.search.archive as A
 
@@ -235,7 +236,7 @@ def test_cli_search_with_a_trained_supernet(small, lut_dir, tmp_path):
     cmd = [sys.executable, "-m", "hwnas", "search", "--device", DEV, "--space", "small",
            "--lut", str(lut_dir), "--checkpoint", str(tmp_path / "sn" / "last.pt"),
            "--budget-ms", "%g" % budgets_of(lut_dir, small)[1], "--evaluations", "8",
-           "--pop-size", "4", "--out", str(out)]
+           "--pop-size", "4", "--verify", "off", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr + r.stdout
     df = pd.read_parquet(out / "archive.parquet")
@@ -281,7 +282,8 @@ def test_random_search_finds_archs_under_a_tight_budget(small, predictor, tmp_pa
     assert 0 < share < 0.01  # under 1 in 100 uniform draws meets it
     # 5 archs in rounds of 4 draws: 30 fruitless rounds (the old stopping rule) are likely
     cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
-                       budgets_ms=(budget,), algorithm="random", evaluations=5, pop_size=4)
+                       budgets_ms=(budget,), algorithm="random", evaluations=5, pop_size=4,
+                       verify="off")
     res = search(cfg, tmp_path / "tight", accuracy=toy_accuracy(small),
                  predictors={DEV: predictor}, progress=False, plots=False)
     assert res.evaluations == 5 and res.best[budget][f"latency:{DEV}"] <= budget

@@ -298,6 +298,13 @@ class AdbTFLiteBackend(Backend):
         return None
 
     @classmethod
+    def max_batch(cls, device) -> int:
+        # the GPU delegate takes batch 1 only ("Batch size != 1 is not supported")
+        if device.android is not None and device.android.use_gpu:
+            return 1
+        return super().max_batch(device)
+
+    @classmethod
     def runtime_info(cls, device) -> dict[str, Any]:
         s = device.android
         info: dict[str, Any] = {"runtime": "tflite-benchmark_model",
@@ -324,6 +331,14 @@ class AdbTFLiteBackend(Backend):
         if not local.exists():
             to_tflite(module, sample_input(input_shape), local)
         return self.load(local, input_shape, key)
+
+    def prepare_many(self, items, advance=lambda n: None) -> list[Runner]:
+        """Convert as the CPU TFLite backend does (many per conversion, cached across
+        runs), then push and time each file on the phone."""
+        from hwnas.backends.tflite import convert_cached
+
+        paths = convert_cached(items, self.device, advance)
+        return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
 
     def load(self, local, input_shape: tuple[int, ...], key: str = "") -> Runner:
         """Push a .tflite file to the phone and time it with benchmark_model."""

@@ -4,12 +4,13 @@ timed, plus a check of whether this machine can run the device at all."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -72,13 +73,32 @@ class Backend(ABC):
         """None if this machine can run ``device``; else what is missing, in words."""
 
     @classmethod
+    def max_batch(cls, device) -> int:
+        """The largest batch this runtime runs with ``device``'s settings."""
+        from hwnas.devices import MAX_BATCH
+
+        return MAX_BATCH
+
+    @classmethod
     def runtime_info(cls, device) -> dict[str, Any]:
         """Runtime name and version and the hardware it runs on (for the fingerprint)."""
         return {}
 
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
-        """Build/convert ``module`` (batch-1 NCHW input of ``input_shape``) for timing."""
+        """Build/convert ``module`` for an NCHW input of ``input_shape`` (the device's batch
+        first) for timing; ``key`` names the converted file in the cache."""
+
+    def prepare_many(self, items: Sequence[tuple[Callable[[], nn.Module], tuple[int, ...], str]],
+                     advance: Callable[[int], Any] = lambda n: None) -> list[Runner]:
+        """:meth:`prepare` for each (build, input shape, key); ``advance(n)`` reports
+        progress. A backend whose conversion has a large fixed cost converts them together."""
+        runners = []
+        for build, shape, key in items:
+            torch.manual_seed(0)
+            runners.append(self.prepare(build(), shape, key))
+            advance(1)
+        return runners
 
     def load(self, path: str | Path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         """Load a model file this runtime runs (``file_format``), e.g. an exported one."""
@@ -88,6 +108,13 @@ class Backend(ABC):
         """A file name for a converted artefact of ``key`` (op keys contain ':' and '>')."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.cache_dir / f"{digest}{suffix}"
+
+
+def model_key(ident: str, device) -> str:
+    """The key a converted model of ``ident`` (an op key, a subnet's space and arch) is
+    cached under on ``device``: what the ident leaves out (precision, batch) appended."""
+    batch = f"|b{device.batch}" if device.batch != 1 else ""
+    return f"{ident}|{device.precision}{batch}"
 
 
 def sample_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -113,6 +140,34 @@ def cuda_events(fn: Callable[[], Any], n: int, stream: "torch.cuda.Stream | None
             e.record(stream)
         torch.cuda.synchronize()
     return np.array([s.elapsed_time(e) for s, e in zip(starts, ends)]) * 1e-3
+
+
+MMAP_THRESHOLD = 32 << 20   # glibc's largest
+TRIM_THRESHOLD = 1 << 30
+
+
+@functools.lru_cache(maxsize=1)
+def steady_heap() -> str:
+    """Keep glibc's malloc from mapping and unmapping large blocks on every call.
+
+    PyTorch eager allocates every activation afresh; with glibc's default (dynamic)
+    thresholds, blocks above a few hundred KB come from mmap, and each call then pays page
+    faults for them or not depending on the heap's history: the same net measured 8.5 ms in
+    one process and 14-19 ms in another, and the same op differently alone (the LUT) and
+    inside a net. Fixed thresholds make every call reuse the heap, as a caching allocator
+    (jemalloc, tcmalloc) would. Returns what was set, for the fingerprint."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "default"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        ok = libc.mallopt(-3, MMAP_THRESHOLD) and libc.mallopt(-1, TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        return "default"
+    return f"glibc mmap_threshold={MMAP_THRESHOLD >> 20}MiB" if ok else "default"
 
 
 @contextlib.contextmanager

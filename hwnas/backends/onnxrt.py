@@ -61,6 +61,8 @@ class OnnxRuntimeBackend(Backend):
             from hwnas.fingerprint import gpu_info
 
             info["gpu"] = torch.cuda.get_device_name(device.cuda_device)
+            info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(
+                device.cuda_device)))
             info["gpu_driver"] = gpu_info().get("gpu_driver")
         return info
 

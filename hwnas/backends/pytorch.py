@@ -1,4 +1,5 @@
-"""PyTorch eager: wall clock on CPU, CUDA events on GPU."""
+"""PyTorch eager: wall clock on CPU (with a steady heap, see ``steady_heap``), CUDA events
+on GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from hwnas.backends.base import (BACKENDS, Backend, Runner, cuda_events, cuda_missing,
-                                 sample_input, tf32, wallclock)
+                                 sample_input, steady_heap, tf32, wallclock)
 
 
 @BACKENDS.register('torch')
@@ -20,6 +21,8 @@ class TorchBackend(Backend):
     def __init__(self, device, cache_dir=None) -> None:
         super().__init__(device, cache_dir)
         torch.set_num_threads(device.threads)
+        if device.hardware == "cpu":
+            steady_heap()
         self.torch_device = torch.device(
             f"cuda:{device.cuda_device}" if device.hardware == "cuda" else "cpu")
         self.dtype = torch.float16 if device.precision == "fp16" else torch.float32
@@ -33,6 +36,8 @@ class TorchBackend(Backend):
     @classmethod
     def runtime_info(cls, device) -> dict[str, Any]:
         info: dict[str, Any] = {"runtime": "torch", "runtime_version": torch.__version__}
+        if device.hardware == "cpu":
+            info["heap"] = steady_heap()
         if device.hardware == "cuda" and torch.cuda.is_available():
             from hwnas.fingerprint import gpu_info
 

@@ -77,6 +77,11 @@ class TFLiteBackend(Backend):
         return None
 
     @classmethod
+    def max_batch(cls, device) -> int:
+        # LiteRT's GPU accelerator, like the phone's GPU delegate, takes batch 1 only
+        return 1 if device.hardware == "cuda" else super().max_batch(device)
+
+    @classmethod
     def runtime_info(cls, device) -> dict[str, Any]:
         info: dict[str, Any] = {"runtime": "litert", "runtime_version": litert_version()}
         if device.hardware == "cuda":
@@ -92,6 +97,12 @@ class TFLiteBackend(Backend):
         if not path.exists():
             to_tflite(module, sample_input(input_shape), path)
         return path
+
+    def prepare_many(self, items, advance=lambda n: None) -> list[Runner]:
+        """Convert many models per conversion and cache them across runs
+        (:func:`convert_cached`), then load each file as :meth:`load` does."""
+        paths = convert_cached(items, self.device, advance)
+        return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
         return self.load(self.tflite_file(module, input_shape, key), input_shape, key)
@@ -125,6 +136,143 @@ class TFLiteBackend(Backend):
                       info={"tflite": str(path), "accelerator": "gpu"})
 
 
+MODELS_PER_CONVERSION = 40  # measured: the fixed cost shared, memory still small
+CONVERSION_WORKERS = 0      # processes converting at once; 0: one per core this machine has
+
+
+def convert_groups(cache: "ConvertedCache", groups: list[list]):
+    """Convert each group of (build, shape, key) with one conversion, yielding each group
+    when its files exist. Conversion is single-threaded Python (torch.export), so several
+    groups go to worker processes, one per core, when the builders can be sent to them
+    (a profile's ops can). Workers are spawned (JAX and TensorFlow are not fork-safe) and
+    unpinned: the profiler pins itself to one core for timing, and no timing runs while
+    models are converted."""
+    import os
+
+    workers = CONVERSION_WORKERS or os.cpu_count() or 1
+    workers = min(workers, len(groups))
+    if workers > 1 and _sendable(groups):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_unpin)
+        done = []
+        try:
+            futures = {pool.submit(_convert_group, group): group for group in groups}
+            for future in as_completed(futures):
+                future.result()
+                done.append(futures[future])
+                yield futures[future]
+            return
+        except BrokenProcessPool:  # e.g. a calling script without a __main__ guard
+            groups = [g for g in groups if not any(g is d for d in done)]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for group in groups:
+        cache.convert(group)
+        yield group
+
+
+def _sendable(groups) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps([build for group in groups for build, _, _ in group])
+        return True
+    except Exception:  # lambdas, local modules: convert here
+        return False
+
+
+def _unpin() -> None:
+    import os
+
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (AttributeError, OSError):
+        pass
+
+
+def _convert_group(group) -> None:
+    ConvertedCache().convert(group)
+
+
+def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
+    """The ``.tflite`` file of each (build, input shape, key) for ``device``.
+
+    Missing models are converted :data:`MODELS_PER_CONVERSION` per litert-torch conversion
+    (branches of one graph, split into a file each: ``hwnas.convert.to_tflite_many``). A
+    network whose ``build`` is a :class:`hwnas.ops.NetworkBuild` is instead stitched from
+    its ops' files (converted the same way where missing), with each op's weights as its
+    own file has them. Files stay in the user cache keyed by model key, hwnas and converter
+    version, so a later run (another folder, another device running TFLite) converts
+    nothing again. ``build()`` is called under seed 0, so a key names one set of weights."""
+    from hwnas.backends.base import model_key
+    from hwnas.convert import stitch
+    from hwnas.files import atomic_write
+    from hwnas.ops import NetworkBuild
+
+    cache = ConvertedCache()
+    todo: dict[str, tuple] = {}
+    networks = []
+    for build, shape, key in items:
+        if cache.path(key).exists():
+            continue
+        if isinstance(build, NetworkBuild):
+            parts = [(op.build, device.input_shape(op.input_shape), model_key(op.key, device))
+                     for op in build.op_list]
+            networks.append((key, [k for _, _, k in parts]))
+            todo.update((k, p) for p in parts for k in [p[2]] if not cache.path(k).exists())
+        else:
+            todo[key] = (build, shape, key)
+    missing = list(todo.values())
+    direct = {key for _, _, key in items}
+    groups = [missing[i:i + MODELS_PER_CONVERSION]
+              for i in range(0, len(missing), MODELS_PER_CONVERSION)]
+    for group in convert_groups(cache, groups):
+        advance(sum(key in direct for _, _, key in group))
+    for key, part_keys in networks:
+        model = stitch([cache.path(k).read_bytes() for k in part_keys])
+        atomic_write(cache.path(key), lambda tmp, b=model: tmp.write_bytes(b))
+        advance(1)
+    advance(sum(1 for _, _, key in items if key not in todo and key not in dict(networks)))
+    return [cache.path(key) for _, _, key in items]
+
+
+class ConvertedCache:
+    """Converted models in the user cache (``hwnas.files.user_cache``), one ``.tflite``
+    file per model key under the converter's version. Each file is written atomically, so a
+    killed conversion leaves nothing half-made behind."""
+
+    def __init__(self) -> None:
+        from hwnas.convert import converter_version
+        from hwnas.files import user_cache
+
+        from hwnas import __version__
+
+        self.folder = user_cache("tflite", f"hwnas-{__version__}",
+                                 converter_version() or "no-converter")
+
+    def path(self, key: str) -> Path:
+        import hashlib
+
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.tflite"
+
+    def convert(self, group) -> None:
+        """Convert (build, input shape, key) models with one conversion, a file each."""
+        import torch
+
+        from hwnas.convert import to_tflite_many
+
+        modules = []
+        for build, shape, _ in group:
+            torch.manual_seed(0)
+            modules.append((build(), sample_input(shape)))
+        to_tflite_many(modules, [self.path(key) for _, _, key in group])
+
+
 def nhwc_np(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
 
@@ -143,6 +291,14 @@ def interpreter_runner(path: str | Path, x_nhwc: np.ndarray, threads: int) -> Ru
     except (RuntimeError, ValueError) as exc:
         raise BackendError(f"LiteRT could not load {path}: {exc}") from exc
     inp = it.get_input_details()[0]
+    if tuple(inp["shape"][1:]) == x_nhwc.shape[1:] and inp["shape"][0] != x_nhwc.shape[0]:
+        try:  # a batch-1 file (an export) run at the device's batch
+            it.resize_tensor_input(inp["index"], list(x_nhwc.shape))
+            it.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f"LiteRT cannot run {path} at batch {x_nhwc.shape[0]}: "
+                               f"{exc}") from None
+        inp = it.get_input_details()[0]
     out = it.get_output_details()[0]
     if tuple(inp["shape"]) != x_nhwc.shape:
         raise BackendError(f"{path}: model input shape {tuple(inp['shape'])} does not match "
@@ -158,4 +314,5 @@ def interpreter_runner(path: str | Path, x_nhwc: np.ndarray, threads: int) -> Ru
 
     ops = [d["op_name"] for d in it._get_ops_details()]
     return Runner(run=it.invoke, time=lambda n: wallclock(it.invoke, n), infer=infer,
-                  info={"tflite": str(path), "ops": ops, "accelerator": "xnnpack"})
+                  info={"tflite": str(path), "ops": ops, "accelerator": "xnnpack",
+                        "input_shape": tuple(x_nhwc.shape)})

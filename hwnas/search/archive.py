@@ -53,6 +53,14 @@ class Archive:
         if time.perf_counter() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
+    def update(self, key: str, values: dict[str, Any]) -> None:
+        """Set ``values`` in every row of arch ``key`` (a measurement replacing a
+        prediction); written at the next flush."""
+        for row in self.rows:
+            if row["key"] == key:
+                row.update(values)
+        self._dirty = True
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=None if self.rows else list(ARCHIVE_COLUMNS))
 

@@ -17,6 +17,7 @@ OBJECTIVE_KINDS = ("acc", "latency", "params", "macs")
 # Accuracy sources named by ``--accuracy KIND:PATH``.
 ACCURACY_SOURCES = ("ofa-predictor",)
 SURROGATES = ("rbf", "xgboost")
+VERIFY = ("auto", "on", "off")
 
 
 class SearchError(HwnasError, ValueError):
@@ -86,6 +87,10 @@ class SearchConfig:
     nat_generations: int = 25           # nat: generations of the search on the surrogate
     nat_surrogate: str = "auto"         # nat: rbf, xgboost or auto (the better ranker)
     nat_adapt_steps: int = 0            # nat: supernet fine-tuning steps per iteration
+    verify: str = "auto"                # measure near-budget archs on the budget device:
+                                        # auto (when it runs here), on, off
+    verify_limit: int = 100             # candidates measured during the search at most
+    allow_drift: bool = False           # use tables whose probes drifted (scaled)
 
     def __post_init__(self) -> None:
         from hwnas.search.algorithms import ALGORITHMS
@@ -106,7 +111,10 @@ class SearchConfig:
             ("nat_generations", self.nat_generations >= 1, ">= 1"),
             ("nat_surrogate", self.nat_surrogate in SURROGATES + ("auto",),
              f"one of {', '.join(SURROGATES + ('auto',))}"),
-            ("nat_adapt_steps", self.nat_adapt_steps >= 0, ">= 0")],
+            ("nat_adapt_steps", self.nat_adapt_steps >= 0, ">= 0"),
+            ("verify", self.verify in VERIFY, f"one of {', '.join(VERIFY)}"),
+            ("verify_limit", self.verify_limit >= 0, ">= 0"),
+            ("allow_drift", isinstance(self.allow_drift, bool), "true or false")],
             SearchError, "search setting", self)
         objs = parse_objectives(self.objectives)
         names = {o.name for o in objs}
@@ -196,4 +204,4 @@ class SearchConfig:
 
 
 __all__ = ["ACCURACY_SOURCES", "OBJECTIVE_KINDS", "Objective", "SURROGATES", "SearchConfig",
-           "SearchError", "parse_objectives"]
+           "SearchError", "VERIFY", "parse_objectives"]

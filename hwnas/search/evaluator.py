@@ -45,6 +45,7 @@ class Evaluator:
         self.seen: set[str] = set()
         self.generation = 0
         self.calls = 0  # accuracy answered by the accuracy source (not the archive)
+        self.verifier = None  # measures near-budget candidates (hwnas.search.verify)
 
     @property
     def count(self) -> int:
@@ -63,6 +64,8 @@ class Evaluator:
         if any(o.kind in ("params", "macs") for o in self.objectives):
             counts = count_batch(X, self.space)
             out["macs"], out["params"] = counts[:, 0].astype(float), counts[:, 1].astype(float)
+        if self.verifier is not None:
+            out[f"latency:{self.budget_device}:measured"] = self.verifier.is_measured(X)
         return out
 
     def feasible(self, cheap: Mapping[str, np.ndarray], n: int) -> np.ndarray:
@@ -87,6 +90,10 @@ class Evaluator:
         :meth:`cheap` values when the caller has them already."""
         X = np.asarray(X, dtype=np.int64)
         archs = [self.space.decode(x) for x in X]
+        if self.verifier is not None:
+            self.verifier.count = self.count
+            if self.verifier.check(X):
+                cheap = None  # measured values replace predictions
         cheap = self.cheap(X) if cheap is None else cheap
         ok = self.feasible(cheap, len(X))
         acc = np.zeros(len(X))
@@ -131,7 +138,7 @@ class Evaluator:
                    "source": "oracle" if self.has_acc and ok[i] else "predictor",
                    "generation": self.generation, "count": self.count}
             for name, values in cheap.items():
-                row[name] = float(values[i])
+                row[name] = values[i].item()
             rows.append(row)
         self.archive.add(rows)
 

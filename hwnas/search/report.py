@@ -81,6 +81,7 @@ class SearchResult:
     nat_log: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     config: SearchConfig | None = None
+    verify: dict[str, Any] | None = None    # on-device verification: cost and findings
 
     def table(self) -> Table:
         """The best arch per budget, as ``hwnas search`` prints it (MACs and params
@@ -90,16 +91,18 @@ class SearchResult:
 
         cfg = self.config
         lat = [o.name for o in cfg.parsed_objectives if o.kind == "latency"]
-        table = Table(f"{cfg.algorithm}: best per budget ({self.evaluations} evaluations, "
-                      f"{self.seconds:.0f} s)", ["budget", "arch", "acc", *lat, "MMACs",
-                                                 "params (M)"])
+        checked = "" if not self.verify else (
+            f", {self.verify['measurements']} measured on {self.verify['device']}")
+        table = Table(f"{cfg.algorithm}: best per budget ({self.evaluations} evaluations"
+                      f"{checked}, {self.seconds:.0f} s)", ["budget", "arch", "acc", *lat,
+                                                           "MMACs", "params (M)"])
         space = get_space(cfg.space)
         for b, row in self.best.items():
             c = count(space.arch(json.loads(row["arch"])), space)
             acc = f"{row['acc']:.2%}" if "acc" in cfg.objectives else "-"
             table.rows.append([f"{b:g} ms" if b else "-", row["name"], acc,
-                               *[f"{row[k]:.3f} ms" for k in row if k.startswith("latency:")
-                                 and not k.endswith(":std")],
+                               *[f"{row[k]:.3f} ms" + (" (measured)" if row.get(
+                                   k + ":measured") else "") for k in lat],
                                f"{c.macs / 1e6:.1f}", f"{c.params / 1e6:.3f}"])
         return table
 
@@ -126,8 +129,13 @@ def best_per_budget(df: pd.DataFrame, cfg: SearchConfig) -> dict[float, dict[str
 def finish(cfg: SearchConfig, evaluator: Evaluator, out: Path,
            hv_trace: list[tuple[int, float]], nat_log: list[dict[str, Any]],
            seconds: float, plots: bool) -> SearchResult:
-    """Write the run's files (front, best per budget, summary, plots); the result."""
+    """Write the run's files (front, best per budget, summary, plots); the result. With a
+    verifier, each best-per-budget arch is measured first (``Verifier.confirm``)."""
     space = evaluator.space
+    verified = None
+    if evaluator.verifier is not None:
+        verified = evaluator.verifier.confirm(evaluator.archive, cfg)
+        evaluator.archive.flush()
     df = evaluator.archive.frame()
     rows = scored_rows(df, evaluator.has_acc)
     F = archive_objectives(rows, evaluator.objectives)
@@ -156,13 +164,13 @@ def finish(cfg: SearchConfig, evaluator: Evaluator, out: Path,
                "seconds": seconds, "hypervolume": hv_trace[-1][1] if hv_trace else 0.0,
                "best": {f"{b:g}": {k: row[k] for k in ["key", "name", *_value_columns(row)]}
                         for b, row in best.items()},
-               "nat": nat_log, "hypervolume_trace": hv_trace}
+               "nat": nat_log, "hypervolume_trace": hv_trace, "verify": verified}
     atomic_write_json(out / "summary.json", summary, indent=2, default=json_default)
     files["summary"] = str(out / "summary.json")
     if plots:
         files.update(plot_run(out, cfg, df, front, best, hv_trace))
     return SearchResult(out, df, front, best, hv_trace, evaluator.count, evaluator.calls,
-                        seconds, nat_log, files, cfg)
+                        seconds, nat_log, files, cfg, verified)
 
 
 def describe_best(row: Mapping[str, Any], cfg: SearchConfig) -> str:

@@ -25,6 +25,7 @@ from hwnas.search.config import SearchConfig, SearchError
 from hwnas.search.evaluator import AccuracyFn, Evaluator, accuracy_source
 from hwnas.search.report import (SearchResult, best_per_budget, describe_best, finish,
                                  hypervolume, objective_bounds)
+from hwnas.search.verify import make_verifier
 from hwnas.space import SearchSpace, get_space
 
 
@@ -61,7 +62,8 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
         if o.kind == "latency" and o.device not in preds:
             try:
                 preds[o.device], _ = device_predictor(o.device, space, cfg.lut_dir,
-                                                      cfg.predictors.get(o.device))
+                                                      cfg.predictors.get(o.device),
+                                                      allow_drift=cfg.allow_drift)
             except PredictorError as exc:
                 raise SearchError(str(exc)) from None
     for device, p in preds.items():
@@ -102,6 +104,9 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
                                            archive_path if resume else None)
     out.mkdir(parents=True, exist_ok=True)
     evaluator.archive.path = archive_path
+    verifier = make_verifier(cfg, evaluator.space, evaluator.predictors, out)
+    if verifier is not None:  # the budget device answers measured values where it has them
+        evaluator.predictors[cfg.budget_device] = evaluator.verifier = verifier
     atomic_write_json(config_path, cfg.to_dict(), indent=2)
     lower, upper = objective_bounds(evaluator)
     hv_trace: list[tuple[int, float]] = []

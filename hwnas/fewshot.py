@@ -1,0 +1,345 @@
+"""Few-shot latency prediction: a predictor for a device from k measured subnets.
+
+A new device (another CPU, a batch size, a fused runtime) rarely comes with hundreds of
+measured subnets. :class:`FewShotPredictor` learns from k of them (k = 10-50) with small
+linear models over evidence that means the same on every device:
+
+* the structural features of the arch (``hwnas.structure``: MACs by layer type, depthwise
+  MACs per kernel size, bytes moved, layers, blocks, resolution);
+* the device's own lookup-table sum, when it has a LUT;
+* other devices' predictors ("priors"), as predicted latencies.
+
+Each candidate is a weighted least-squares line through a few of these columns (weights
+1/y, so it minimises *relative* error; the slopes of cost columns are kept non-negative, so
+a model cannot learn that more MACs make a net faster). The candidate with the lowest
+leave-one-out error on the k subnets is chosen, and the choice and every candidate's score
+are kept. The trivial baselines (MACs-linear, block-count-linear, LUT-linear) are candidates
+too, so the choice falls back to them when nothing richer is better on the k samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+
+from hwnas.lut import LatencyTable
+from hwnas.predictor import PREDICTORS, Predictor, PredictorError, _as_X, _as_y
+from hwnas.space import SearchSpace
+from hwnas.structure import feature_names, op_feature_names, structural_features
+
+LUT = "lut"
+PRIOR = "prior:"
+MAX_LOO = 60          # up to this many samples, leave-one-out; above, 10-fold
+MIN_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A linear model over named columns: ``intercept + sum(coef * column)``, fitted by
+    least squares on relative error, slopes >= 0 when ``nonneg``, with a ridge penalty
+    ``ridge`` on standardised slopes."""
+
+    name: str
+    columns: tuple[str, ...]
+    nonneg: bool = True
+    ridge: float = 0.0
+
+    def fit(self, F: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Coefficients (slopes then intercept) for the design ``F`` (these columns)."""
+        w = 1.0 / y
+        scale = np.maximum(np.abs(F).max(0), 1e-12)
+        A = np.column_stack([F / scale, np.ones(len(F))]) * w[:, None]
+        b = y * w
+        if self.ridge:  # rows that pull the (scaled) slopes towards zero
+            n = F.shape[1]
+            A = np.vstack([A, np.column_stack([np.eye(n) * np.sqrt(self.ridge * len(y)),
+                                               np.zeros(n)])])
+            b = np.concatenate([b, np.zeros(n)])
+        if self.nonneg:  # intercept free: as the difference of two non-negative columns
+            c, _ = nnls(np.column_stack([A, -A[:, -1]]), b, maxiter=50 * A.shape[1])
+            coef = np.append(c[:-2], c[-2] - c[-1])
+        else:
+            coef = np.linalg.lstsq(A, b, rcond=None)[0]
+        coef[:-1] /= scale
+        return coef
+
+    @staticmethod
+    def apply(coef: np.ndarray, F: np.ndarray) -> np.ndarray:
+        return F @ coef[:-1] + coef[-1]
+
+
+def candidates(columns: Sequence[str], space: SearchSpace) -> list[Candidate]:
+    """The models tried on every fit, given which columns exist (a LUT column only with a
+    LUT, a prior column per prior). Small on purpose: with k = 20 samples, choosing among
+    many models overfits the choice."""
+    ops = tuple(n for n in op_feature_names(space) if n == "pw_macs" or n.startswith("dw_macs"))
+    ops += ("act_mb", "layers")
+    have = set(columns)
+    out = [Candidate("macs-linear", ("macs",), nonneg=False),
+           Candidate("blocks-linear", ("blocks",), nonneg=False),
+           Candidate("structure", ops),
+           Candidate("structure-ridge", ops + ("se_macs", "head_macs", "weight_mb"), ridge=1e-3)]
+    if LUT in have:
+        out += [Candidate("lut-linear", (LUT,), nonneg=False),
+                Candidate("lut+layers", (LUT, "layers")),
+                Candidate("lut+structure", (LUT,) + ops)]
+    for col in columns:
+        if col.startswith(PRIOR):
+            out += [Candidate(f"{col}-linear", (col,), nonneg=False),
+                    Candidate(f"{col}+structure", (col,) + ops)]
+    return out
+
+
+def folds(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Held-out index sets: one per sample up to :data:`MAX_LOO` samples, else 10."""
+    if n <= MAX_LOO:
+        return [np.array([i]) for i in range(n)]
+    return np.array_split(np.random.default_rng(seed).permutation(n), 10)
+
+
+def cv_errors(candidate: Candidate, F: np.ndarray, y: np.ndarray,
+              held: Sequence[np.ndarray]) -> np.ndarray:
+    """Relative error of each sample when it was held out."""
+    err = np.empty(len(y))
+    for idx in held:
+        keep = np.ones(len(y), bool)
+        keep[idx] = False
+        coef = candidate.fit(F[keep], y[keep])
+        err[idx] = (Candidate.apply(coef, F[idx]) - y[idx]) / y[idx]
+    return err
+
+
+class FewShotPredictor(Predictor):
+    """Linear models over structural features (+ LUT sum, + other devices' predictions)
+    fitted on k measured subnets; the model is chosen by cross-validation on those k."""
+
+    kind = "fewshot"
+
+    def __init__(self, table: LatencyTable | None = None, space: SearchSpace | None = None,
+                 priors: Mapping[str, Predictor] | None = None, use_lut: bool = True) -> None:
+        super().__init__(table, space)
+        if not isinstance(use_lut, bool):
+            raise PredictorError(f"fewshot use_lut={use_lut!r} is not allowed; must be True or "
+                                 f"False")
+        self.use_lut = use_lut and table is not None
+        self.priors = dict(priors or {})
+        for name, prior in self.priors.items():
+            if not isinstance(prior, Predictor):
+                raise PredictorError(f"fewshot prior {name!r} must be a fitted predictor, got "
+                                     f"{type(prior).__name__}")
+            if prior.space.id != self.space.id:
+                raise PredictorError(f"fewshot prior {name!r} was fitted for space "
+                                     f"{prior.space.name!r}, not {self.space.name!r}")
+        self.columns = self._columns()
+        self.choice: Candidate | None = None
+        self.coef = np.zeros(0)
+        self.rel_std = 0.0
+        self.cv: dict[str, dict[str, float]] = {}
+
+    def _columns(self) -> list[str]:
+        return (feature_names(self.space) + ([LUT] if self.use_lut else [])
+                + [PRIOR + name for name in self.priors])
+
+    def design(self, X: np.ndarray) -> np.ndarray:
+        """Every column (see :meth:`_columns`) for an encoding matrix."""
+        parts = [structural_features(X, self.space)]
+        if self.use_lut:
+            parts.append(np.asarray(self.table.predict(X), dtype=float)[:, None])
+        for prior in self.priors.values():
+            parts.append(np.asarray(prior.predict(X), dtype=float)[:, None])
+        return np.column_stack(parts)
+
+    def _select(self, candidate: Candidate, F: np.ndarray) -> np.ndarray:
+        return F[:, [self.columns.index(c) for c in candidate.columns]]
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        if len(y) < MIN_SAMPLES:
+            raise PredictorError(f"a few-shot predictor needs at least {MIN_SAMPLES} measured "
+                                 f"subnets, got {len(y)}")
+        F = self.design(X)
+        held = folds(len(y))
+        best, best_err = None, np.inf
+        self.cv = {}
+        for cand in candidates(self.columns, self.space):
+            err = cv_errors(cand, self._select(cand, F), y, held)
+            score = float(np.mean(np.abs(err)))
+            self.cv[cand.name] = {"mape": score, "within_10pct": float(np.mean(
+                np.abs(err) <= 0.10 + 1e-12)), "rel_std": float(np.sqrt(np.mean(err ** 2)))}
+            if score < best_err - 1e-12:
+                best, best_err = cand, score
+        self.choice = best
+        self.coef = best.fit(self._select(best, F), y)
+        self.rel_std = self.cv[best.name]["rel_std"]
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return Candidate.apply(self.coef, self._select(self.choice, self.design(X)))
+
+    def _predict_std(self, X):
+        p = self._predict(X)
+        return p, np.abs(p) * self.rel_std  # the chosen model's cross-validated error
+
+    def describe(self) -> str:
+        """Which model the cross-validation chose, and how it scored."""
+        cv = self.cv[self.choice.name]
+        return (f"{self.choice.name} (leave-one-out MAPE {cv['mape']:.1%}, within ±10% "
+                f"{cv['within_10pct']:.0%})")
+
+    def get_params(self) -> dict[str, Any]:
+        return {"use_lut": self.use_lut}
+
+    @classmethod
+    def _from_file(cls, table, space, params, state, path):
+        priors = {}
+        for name, rel in state.get("priors", {}).items():
+            from hwnas.predictor import load_predictor
+
+            try:
+                priors[name] = load_predictor(Path(path).parent / rel, space=space)
+            except PredictorError as exc:
+                raise PredictorError(f"its prior {name!r} cannot be loaded: {exc}") from None
+        return cls(table, space, priors=priors, **params)
+
+    def _state(self, path):
+        import os
+
+        priors = {}
+        for name, prior in self.priors.items():
+            source = getattr(prior, "source", None)
+            if source is None:
+                raise PredictorError(f"prior {name!r} has no file; save it and load it with "
+                                     f"load_predictor before saving this predictor")
+            priors[name] = os.path.relpath(Path(source).resolve(), Path(path).parent.resolve())
+        c = self.choice
+        return {"choice": {"name": c.name, "columns": list(c.columns), "nonneg": c.nonneg,
+                           "ridge": c.ridge},
+                "coef": self.coef.tolist(), "rel_std": self.rel_std, "cv": self.cv,
+                "columns": self.columns, "priors": priors}
+
+    def _restore(self, state, path):
+        if state["columns"] != self.columns:
+            raise PredictorError("its feature columns differ from this hwnas's")
+        ch = state["choice"]
+        self.choice = Candidate(ch["name"], tuple(ch["columns"]), bool(ch["nonneg"]),
+                                float(ch["ridge"]))
+        self.coef = np.asarray(state["coef"], dtype=float)
+        if self.coef.shape != (len(self.choice.columns) + 1,):
+            raise PredictorError("its coefficients do not match its columns")
+        self.rel_std = float(state["rel_std"])
+        self.cv = dict(state.get("cv") or {})
+
+
+PREDICTORS.register(FewShotPredictor.kind, FewShotPredictor)
+
+
+def ceiling(predictor: FewShotPredictor, archs, latencies_ms, seed: int = 0
+            ) -> dict[str, float]:
+    """What the chosen model reaches with every measured subnet of the device: the same
+    candidate fitted on 5-fold cross-validated splits of all of them (the figure to read a
+    few-shot result against)."""
+    from hwnas.predictor import metrics
+
+    X = _as_X(archs, predictor.space)
+    y = _as_y(latencies_ms, len(X))
+    F = predictor._select(predictor.choice, predictor.design(X))
+    pred = np.empty(len(y))
+    for idx in np.array_split(np.random.default_rng(seed).permutation(len(y)), 5):
+        keep = np.ones(len(y), bool)
+        keep[idx] = False
+        pred[idx] = Candidate.apply(predictor.choice.fit(F[keep], y[keep]), F[idx])
+    return metrics(pred, y)
+
+
+BASELINES = ("macs-linear", "blocks-linear", "lut-linear")
+
+
+def baselines(predictor: FewShotPredictor, train, y_train, test) -> dict[str, np.ndarray]:
+    """The trivial baselines among ``predictor``'s candidates (MACs-linear, block-count-
+    linear and, with a LUT, LUT-linear), each fitted on ``train``: predictions for
+    ``test``."""
+    Xa, Xb = _as_X(train, predictor.space), _as_X(test, predictor.space)
+    y = _as_y(y_train, len(Xa))
+    Fa, Fb = predictor.design(Xa), predictor.design(Xb)
+    out = {}
+    for cand in candidates(predictor.columns, predictor.space):
+        if cand.name in BASELINES:
+            coef = cand.fit(predictor._select(cand, Fa), y)
+            out[cand.name] = Candidate.apply(coef, predictor._select(cand, Fb))
+    return out
+
+
+def device_subnets(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
+    """A device's measured subnets and, when it has one, its LUT: (table or None, space,
+    subnet rows, archs, latencies ms). Few-shot fitting needs no LUT."""
+    import json
+
+    from hwnas.errors import LutError
+    from hwnas.lut import read_table, table_paths
+    from hwnas.space import get_space
+
+    op_path, sub_path = table_paths(device, lut_dir)
+    table = LatencyTable.load(op_path, get_space(space) if space else None) \
+        if op_path.exists() else None
+    subs, meta = read_table(sub_path, "subnets", table.fingerprint if table else None)
+    if table is not None:
+        sp = table.space
+    elif space is not None:
+        sp = get_space(space)
+    elif "space" in meta:
+        sp = SearchSpace.from_dict(meta["space"])
+    else:
+        raise LutError(f"{sub_path}: the table does not say its search space; pass --space")
+    archs = [sp.arch(json.loads(a)) for a in subs["arch"]]
+    return table, sp, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
+
+
+def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = "lut",
+                 out: str | Path | None = None, use_lut: bool = True,
+                 priors: Sequence[str] = (), space: SearchSpace | str | None = None):
+    """``hwnas predictor fit --k``: fit a :class:`FewShotPredictor` for ``device`` on ``k``
+    of its measured subnets (a seeded draw) with its LUT when it has one (and ``use_lut``)
+    and the saved predictors of the ``priors`` devices; report it on the held-out rest
+    beside the trivial baselines and its ceiling; save it and a scatter plot."""
+    from hwnas.predictor import (Report, default_predictor_path, load_predictor, metrics,
+                                 plot_predicted_vs_measured, split_subnets)
+
+    table, sp, subs, archs, y = device_subnets(device, lut_dir, space)
+    keys = list(subs["key"])
+    if not MIN_SAMPLES <= k < len(keys):
+        raise PredictorError(f"--k {k} does not fit {device}'s {len(keys)} measured subnets: "
+                             f"k must be {MIN_SAMPLES}..{len(keys) - 1} (one or more held out "
+                             f"to judge it); profile more with 'hwnas profile --device "
+                             f"{device} --subnets N'")
+    prior_models = {}
+    for name in priors:
+        path = default_predictor_path(name, lut_dir)
+        if not path.exists():
+            raise PredictorError(f"prior {name!r}: no predictor at {path}; fit one with 'hwnas "
+                                 f"predictor fit --device {name}'")
+        prior_models[name] = load_predictor(path, space=sp)
+    tr, te = split_subnets(keys, k, seed)
+    A, B = [archs[i] for i in tr], [archs[i] for i in te]
+    pred = FewShotPredictor(table, sp, priors=prior_models, use_lut=use_lut).fit(A, y[tr])
+    rows = {f"fewshot: {pred.choice.name}": pred.metrics(B, y[te])}
+    rows.update({name: metrics(p, y[te]) for name, p in baselines(pred, A, y[tr], B).items()})
+    rows[f"ceiling: {pred.choice.name}, 5-fold CV on all {len(y)}"] = ceiling(pred, archs, y,
+                                                                                seed)
+    pred.extra = {"device": device, "seed": seed, "k": k, "choice": pred.describe(),
+                  "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
+                  "heldout_metrics": rows[f"fewshot: {pred.choice.name}"]}
+    out = Path(out) if out else default_predictor_path(device, lut_dir)
+    pred.save(out)
+    p, std = pred.predict_with_uncertainty(B)
+    png = plot_predicted_vs_measured(p, y[te], out.with_suffix(".png"),
+                                     f"{device}: fewshot ({pred.choice.name}), k={k}", std)
+    evidence = ", ".join(["structure"] + ["LUT"] * pred.use_lut + list(prior_models))
+    return Report(f"{device}: few-shot from {k} subnets ({evidence}), {len(te)} held out; "
+                  f"chosen by leave-one-out: {pred.describe()}", rows,
+                  {"predictor": str(out), "plot": str(png)})
+
+
+__all__ = ["BASELINES", "Candidate", "FewShotPredictor", "baselines", "candidates", "ceiling",
+           "cv_errors", "device_subnets", "fit_few_shot", "folds"]

@@ -1,0 +1,160 @@
+"""Calibration probes: is this machine still the one a table was measured on?
+
+A fingerprint names a machine ("AMD EPYC", 2 cores, ONNX Runtime 1.32) but cannot tell two
+machines of that name apart: one fresh VM ran every op 1.71x slower than the table
+recorded on another, and every budget the search promised was broken. So every table also
+stores the timings of a few fixed ops (the *probes*, the same for every space), and
+whenever a local device's table or predictor is used the probes are timed again. A drift
+beyond ±10% is refused, saying by how much; ``allow_drift`` proceeds with predictions
+scaled by the measured ratio, and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+from hwnas.ops import OpSpec
+
+TOLERANCE = 0.10
+# A handful of ops of every kind that matters (1x1 and depthwise 3/5/7 convolutions, SE,
+# both activations, the classifier), sized so that each takes 0.05-2 ms on a laptop core.
+PROBES = (
+    OpSpec("stem", 96, 3, 16, kernel=3, stride=2, act="hswish"),
+    OpSpec("mbconv", 28, 24, 24, 96, 4, 3, 1, "relu", 0, True),
+    OpSpec("mbconv", 14, 40, 40, 240, 6, 5, 1, "hswish", 64, True),
+    OpSpec("mbconv", 7, 80, 80, 480, 6, 7, 1, "hswish", 0, True),
+    OpSpec("classifier", 1, 1280, 1000),
+)
+
+
+class DriftError(HwnasError):
+    """This machine runs the probes at another speed than the table recorded."""
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The result of re-timing a table's probes: ``ratio`` (now / then, median over the
+    probes; None when not checked) and why not, or how spread the per-probe ratios are."""
+
+    ratio: float | None
+    note: str
+    scaled: bool = False
+
+    @property
+    def checked(self) -> bool:
+        return self.ratio is not None
+
+
+def measure_probes(device, cache_dir: str | Path | None = None, backend=None
+                   ) -> dict[str, Any]:
+    """Time :data:`PROBES` on ``device`` (at its batch): what a table stores as ``probes``
+    in its metadata. Each probe is visited in 8 interleaved rounds of >= 30 ms and scored
+    by its fastest round's median: on a shared VM the host's speed swings by 25% over
+    seconds, which moves a median of all calls as much, while the fastest round repeats to
+    within 1% (measured here: 6 back-to-back probes, median-of-calls ratios 0.75-1.24,
+    fastest-round ratios 1.00-1.01). About 2 s on a CPU."""
+    from hwnas.backends import get_backend
+    from hwnas.backends.base import model_key
+    from hwnas.profile import pinned, settle, timed_visit
+
+    proto = dataclasses.replace(device.protocol, warmup=2, runs=10, rounds=8,
+                                min_time_ms=max(device.protocol.min_time_ms, 30.0))
+    backend = backend or get_backend(device, cache_dir)
+    items = [(op.build, device.input_shape(op.input_shape), model_key(f"probe|{op.key}", device))
+             for op in PROBES]
+    with pinned(device.cpu_affinity, device.threads):
+        runners = backend.prepare_many(items)
+        settle(runners[0], proto)
+        rounds: dict[str, list[float]] = {op.key: [] for op in PROBES}
+        for _ in range(proto.rounds):  # interleaved, as the profiler does
+            for op, runner in zip(PROBES, runners):
+                rounds[op.key].append(float(np.median(timed_visit(runner, proto))) * 1e3)
+        for runner in runners:
+            runner.close()
+    return {"ms": {k: min(v) for k, v in rounds.items()}, "statistic": "fastest round's median",
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def compare(then: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(median, p10, p90) of now/then over the probes both timed."""
+    a, b = then.get("ms") or {}, now.get("ms") or {}
+    ratios = np.array([b[k] / a[k] for k in a if k in b and a[k] > 0])
+    if ratios.size == 0:
+        raise DriftError("the stored probes and this machine's share no probe")
+    return (float(np.median(ratios)), float(np.percentile(ratios, 10)),
+            float(np.percentile(ratios, 90)))
+
+
+_CHECKED: dict[tuple, Drift] = {}
+
+
+def check_drift(device, probes: Mapping[str, Any] | None, where: str,
+                allow_drift: bool = False, cache_dir: str | Path | None = None) -> Drift:
+    """Re-time the probes of the table at ``where`` on ``device`` when this machine can run
+    it. Raises :class:`DriftError` beyond ±10% unless ``allow_drift`` (then the drift is
+    returned with ``scaled`` set, for the caller to scale its predictions). Checked once
+    per process for each table."""
+    from hwnas.devices import check_usable, load_device
+
+    device = load_device(device)
+    if not probes or not probes.get("ms"):
+        return Drift(None, f"{where} has no calibration probes (measured before hwnas "
+                           f"stored them); drift not checked")
+    problem = check_usable(device)
+    if problem:
+        return Drift(None, f"drift not checked: {device.name} is not usable here ({problem})")
+    key = (device.name, where, json.dumps(probes, sort_keys=True), allow_drift)
+    if key not in _CHECKED:
+        ratio, lo, hi = compare(probes, measure_probes(device, cache_dir))
+        text = (f"this machine runs the calibration probes {ratio:.2f}x as long as when "
+                f"{where} was measured (probe by probe {lo:.2f}-{hi:.2f}x)")
+        if abs(ratio - 1) <= TOLERANCE:
+            _CHECKED[key] = Drift(ratio, text)
+        elif not allow_drift:
+            raise DriftError(f"{device.name}: {text}, beyond ±{TOLERANCE:.0%}: its predictions "
+                             f"would be off by as much. Profile this machine again ('hwnas "
+                             f"profile --device {device.name} ...') or pass --allow-drift to "
+                             f"scale the predictions by {ratio:.2f}")
+        else:
+            _CHECKED[key] = Drift(ratio, text + f"; predictions scaled by {ratio:.2f}",
+                                  scaled=True)
+    return _CHECKED[key]
+
+
+class ScaledPredictor:
+    """A predictor whose predictions are multiplied by a measured drift ratio."""
+
+    def __init__(self, base, drift: Drift) -> None:
+        self.base, self.drift = base, drift
+        self.space, self.kind = base.space, base.kind
+        self.fingerprint = getattr(base, "fingerprint", {})
+
+    def predict(self, archs) -> np.ndarray:
+        return np.asarray(self.base.predict(archs)) * self.drift.ratio
+
+    def predict_with_uncertainty(self, archs) -> tuple[np.ndarray, np.ndarray]:
+        p, s = self.base.predict_with_uncertainty(archs)
+        return np.asarray(p) * self.drift.ratio, np.asarray(s) * self.drift.ratio
+
+
+def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
+    """The probes stored with a device's tables (the op table's, else the subnet table's)
+    and which file they came from."""
+    from hwnas.lut import read_table, table_paths
+
+    for path, kind in zip(table_paths(device, lut_dir), ("ops", "subnets")):
+        if path.exists():
+            return read_table(path, kind)[1].get("probes"), str(path)
+    return None, str(table_paths(device, lut_dir)[0])
+
+
+__all__ = ["Drift", "DriftError", "PROBES", "ScaledPredictor", "TOLERANCE", "check_drift",
+           "compare", "measure_probes", "table_probes"]

@@ -1,0 +1,225 @@
+"""On-device verification: budgets that hold when measured, not only when predicted.
+
+A predicted latency is an estimate with an uncertainty, and the search pushes its best
+archs right up against the budget, where a 3% error breaks it. When this machine runs the
+budget's device, :class:`Verifier`:
+
+* measures every evaluated candidate whose predicted latency ± 2σ straddles a budget (the
+  profiling protocol, on the model the device runs), up to ``limit`` of them;
+* answers those archs with the measurement from then on (the archive marks them measured)
+  and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
+* measures each best-per-budget arch before it is reported, taking the next best while one
+  breaks its budget (:meth:`Verifier.confirm`).
+
+Measurements are kept in the run folder (``measured.parquet``) with the evaluation count at
+which each was taken, so a resumed run replays the same decisions without measuring again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from hwnas import encoding
+from hwnas.files import atomic_write
+from hwnas.search.config import SearchError
+from hwnas.space import SearchSpace
+
+SIGMAS = 2.0
+CONFIRM_TRIES = 50  # archs measured per budget at most before giving up on confirming one
+
+
+class Verifier:
+    """Measures a search's candidates on its budget device (see the module docstring)."""
+
+    def __init__(self, device, space: SearchSpace, predictor, budgets_ms, folder: Path,
+                 limit: int = 100) -> None:
+        from hwnas.backends import get_backend
+
+        self.device, self.space, self.base = device, space, predictor
+        self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
+        self.path = Path(folder) / "measured.parquet"
+        self.limit = int(limit)
+        self.backend = get_backend(device, Path(folder) / ".cache" / device.name)
+        self.stored: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                for row in pd.read_parquet(self.path).to_dict("records"):
+                    self.stored[row["key"]] = row
+            except Exception as exc:
+                raise SearchError(f"cannot read {self.path}: {exc}") from None
+        self.active: dict[bytes, float] = {}   # canonical encoding -> measured ms
+        self.keys: dict[bytes, str] = {}
+        self.coef = (0.0, 0.0, 0.0)            # a, b, residual std of log ratio
+        self.measured_now = 0                  # measured by this process (not replayed)
+        self.seconds = 0.0
+        self.count = 0                         # the evaluator's count, set by the search
+        self.in_search = 0                     # straddling candidates measured
+        self.confirmed: dict[float, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------- predicting
+    @property
+    def kind(self) -> str:
+        return f"{self.base.kind}, verified on {self.device.name}"
+
+    def _corrected(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, s = self.base.predict_with_uncertainty(X)
+        p, s = np.asarray(p, dtype=float), np.asarray(s, dtype=float)
+        a, b, resid = self.coef
+        factor = np.exp(a + b * np.log(np.maximum(p, 1e-9)))
+        mean = p * factor
+        return mean, np.sqrt((s * factor) ** 2 + (mean * resid) ** 2)
+
+    def predict_with_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Measured latency (std 0) for measured archs, the corrected prediction else."""
+        X = encoding.canonical(self.space, np.asarray(X))
+        mean, std = self._corrected(X)
+        if self.active:
+            for i, row in enumerate(X):
+                hit = self.active.get(row.tobytes())
+                if hit is not None:
+                    mean[i], std[i] = hit, 0.0
+        return mean, std
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_with_uncertainty(X)[0]
+
+    def is_measured(self, X) -> np.ndarray:
+        X = encoding.canonical(self.space, np.asarray(X))
+        return np.array([row.tobytes() in self.active for row in X], dtype=bool)
+
+    # ----------------------------------------------------------------- measuring
+    def straddling(self, X: np.ndarray) -> np.ndarray:
+        """Rows of ``X`` (not yet measured) whose prediction ± 2σ straddles a budget."""
+        X = encoding.canonical(self.space, np.asarray(X))
+        mean, std = self._corrected(X)
+        near = (np.abs(mean[:, None] - self.budgets[None, :]) <= SIGMAS * std[:, None]).any(1)
+        return np.flatnonzero(near & ~self.is_measured(X))
+
+    def check(self, X: np.ndarray) -> int:
+        """Measure the straddling candidates of an evaluated batch (within ``limit``)."""
+        idx = self.straddling(X)[:max(0, self.limit - self.in_search)]
+        if len(idx):
+            self.measure(np.asarray(X)[idx])
+            self.in_search += len(idx)
+        return len(idx)
+
+    def measure(self, X: np.ndarray) -> np.ndarray:
+        """Measured latency (ms) of each row, from the run's store when a resumed run
+        measured it before; refits the correction."""
+        from hwnas.ops import build_network, ops
+        from hwnas.profile import pinned, time_runner
+
+        X = encoding.canonical(self.space, np.asarray(X))
+        out = np.empty(len(X))
+        base = np.asarray(self.base.predict(X), dtype=float)
+        for i, x in enumerate(X):
+            arch = self.space.decode(x)
+            row = self.stored.get(arch.key)
+            if row is None:
+                t = time.perf_counter()
+                with pinned(self.device.cpu_affinity, self.device.threads):
+                    runner = self.backend.prepare(
+                        build_network(ops(arch, self.space)),
+                        self.device.input_shape((1, self.space.in_channels, arch.r, arch.r)),
+                        f"{self.space.id}:{arch.key}|{self.device.precision}|b"
+                        f"{self.device.batch}")
+                    stats = time_runner(runner, self.device.protocol)
+                    runner.close()
+                row = {"key": arch.key, "arch": arch.to_json(), "latency_ms": stats["latency_ms"],
+                       "spread": stats["spread"], "predicted_ms": float(base[i]),
+                       "at_count": self.count}
+                self.stored[arch.key] = row
+                self.measured_now += 1
+                self.seconds += time.perf_counter() - t
+                self._save()
+            self.active[x.tobytes()] = float(row["latency_ms"])
+            self.keys[x.tobytes()] = arch.key
+            out[i] = row["latency_ms"]
+        self._refit()
+        return out
+
+    def _refit(self) -> None:
+        X = np.stack([np.frombuffer(k, dtype=np.int64) for k in self.active])
+        measured = np.array(list(self.active.values()))
+        p = np.maximum(np.asarray(self.base.predict(X), dtype=float), 1e-9)
+        r = np.log(measured / p)
+        if len(r) < 3:
+            self.coef = (float(np.mean(r)), 0.0, 0.0)
+            return
+        A = np.column_stack([np.ones_like(p), np.log(p)])
+        a, b = np.linalg.solve(A.T @ A + np.diag([1e-6, 1.0]), A.T @ r)
+        self.coef = (float(a), float(b), float(np.std(r - A @ np.array([a, b]))))
+
+    def _save(self) -> None:
+        df = pd.DataFrame(list(self.stored.values()))
+        atomic_write(self.path, lambda tmp: df.to_parquet(tmp, index=False))
+
+    # ----------------------------------------------------------------- confirming
+    def confirm(self, archive, cfg) -> dict[str, Any]:
+        """Measure the best arch under each budget until the best one is measured and
+        within its budget; the archive rows of every measured arch get the measured
+        latency. Returns what it cost and what it found."""
+        from hwnas.search.report import best_per_budget
+
+        column = f"latency:{cfg.budget_device}"
+        for b in self.budgets:
+            for _ in range(CONFIRM_TRIES):
+                df = archive.frame()
+                best = best_per_budget(df, _one_budget(cfg, b)).get(float(b))
+                if best is None:
+                    break
+                x = encoding.canonical(self.space, self.space.encode(
+                    self.space.arch(json.loads(best["arch"])))[None, :])
+                if x[0].tobytes() not in self.active:
+                    self.measure(x)
+                value = self.active[x[0].tobytes()]
+                archive.update(best["key"], {column: value, column + ":std": 0.0,
+                                             column + ":measured": True})
+                if value <= b:
+                    self.confirmed[float(b)] = {"key": best["key"], "measured_ms": value}
+                    break
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": self.device.name, "measurements": len(self.active),
+                "measured_now": self.measured_now, "in_search": self.in_search,
+                "seconds": round(self.seconds, 1), "correction": list(self.coef),
+                "confirmed": {f"{b:g}": v for b, v in self.confirmed.items()}}
+
+
+def _one_budget(cfg, budget: float):
+    import dataclasses
+
+    return dataclasses.replace(cfg, budgets_ms=(float(budget),))
+
+
+def make_verifier(cfg, space: SearchSpace, predictors: Mapping[str, Any], folder: Path
+                  ) -> Verifier | None:
+    """The run's verifier: with budgets, when ``cfg.verify`` is "on", or "auto" and this
+    machine runs the budget device (None otherwise)."""
+    from hwnas.devices import DeviceError, check_usable, load_device
+
+    if not cfg.budgets_ms or cfg.verify == "off":
+        return None
+    try:
+        device = load_device(cfg.budget_device)
+    except DeviceError as exc:
+        if cfg.verify == "on":
+            raise SearchError(f"--verify: {exc}") from None
+        return None
+    problem = check_usable(device)
+    if problem:
+        if cfg.verify == "on":
+            raise SearchError(f"--verify needs {device.name} on this machine: {problem}")
+        return None
+    return Verifier(device, space, predictors[cfg.budget_device], cfg.budgets_ms, folder,
+                    cfg.verify_limit)
+
+
+__all__ = ["Verifier", "make_verifier"]

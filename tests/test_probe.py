@@ -1,0 +1,122 @@
+"""Calibration probes: a table measured at another speed is caught (hwnas.probe)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hwnas.devices import load_device
+from hwnas.errors import LutError
+from hwnas.lut import read_table, write_table
+from hwnas.predictor import LutSum, device_predictor
+from hwnas.probe import (PROBES, DriftError, ScaledPredictor, check_drift, compare,
+                         measure_probes, table_probes)
+from hwnas.profile import profile
+
+
+@pytest.fixture(scope="module")
+def small():
+    """The small space at 32 px alone: a table of every op of it takes seconds."""
+    from hwnas.space import get_space
+
+    return get_space("small@32")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory, small):
+    """A real ONNX Runtime table (the small space's ops at 32 px) with its probes, and a
+    LUT-sum predictor saved beside it."""
+    out = tmp_path_factory.mktemp("probe")
+    profile("cpu-onnxruntime", small, resolutions=[32], out_dir=out, progress=False)
+    from hwnas.lut import LatencyTable
+
+    LutSum(LatencyTable.load(out / "cpu-onnxruntime.parquet")).save(
+        out / "cpu-onnxruntime.predictor.json")
+    return out
+
+
+def _rescale(folder, factor):
+    """Pretend the table was measured on a machine ``factor`` times as fast as this one."""
+    path = folder / "cpu-onnxruntime.parquet"
+    df, meta = read_table(path)
+    meta["probes"]["ms"] = {k: v * factor for k, v in meta["probes"]["ms"].items()}
+    meta.pop("schema_version")
+    write_table(df, path, meta)
+
+
+def test_every_table_stores_its_probes(measured):
+    _, meta = read_table(measured / "cpu-onnxruntime.parquet")
+    probes = meta["probes"]
+    assert set(probes["ms"]) == {op.key for op in PROBES}
+    assert all(v > 0 for v in probes["ms"].values()) and probes["measured_at"]
+    again = measure_probes(load_device("cpu-onnxruntime"))
+    ratio, lo, hi = compare(probes, again)
+    assert 0.5 < ratio < 2.0 and lo <= ratio <= hi  # one machine, two timings
+    assert table_probes("cpu-onnxruntime", measured) == (probes, str(
+        measured / "cpu-onnxruntime.parquet"))
+
+
+def test_a_stale_table_is_refused_and_allow_drift_scales(tmp_path, measured, small):
+    import shutil
+
+    folder = tmp_path / "lut"
+    shutil.copytree(measured, folder)
+    _rescale(folder, 0.5)  # "measured" on a machine twice as fast
+    with pytest.raises(DriftError, match=r"probes [12]\.\d\dx as long.*--allow-drift"):
+        device_predictor("cpu-onnxruntime", small, folder)
+    pred, how = device_predictor("cpu-onnxruntime", small, folder, allow_drift=True)
+    assert isinstance(pred, ScaledPredictor) and f"scaled by {pred.drift.ratio:.2f}" in how
+    assert 1.6 < pred.drift.ratio < 2.5  # twice as long, give or take the host's swings
+    base = LutSum(pred.base.table)
+    archs = [a for a in small.sample(40, seed=0) if a.r == 32][:5]
+    assert pred.predict(archs) == pytest.approx(base.predict(archs) * pred.drift.ratio)
+    # the command line: one line, exit 2, and the search proceeds with --allow-drift
+    args = [sys.executable, "-m", "hwnas", "search", "--space", "small@32", "--device",
+            "cpu-onnxruntime", "--objectives", "latency,params", "--evaluations", "8",
+            "--pop-size", "4", "--lut", str(folder), "--out", str(tmp_path / "run")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "x as long" in r.stderr and "Traceback" not in r.stderr
+    ok = subprocess.run(args + ["--allow-drift"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_drift_within_tolerance_passes_and_no_probes_is_said(tmp_path, measured, small):
+    import shutil
+
+    folder = tmp_path / "lut"
+    shutil.copytree(measured, folder)
+    pred, how = device_predictor("cpu-onnxruntime", small, folder)
+    assert not isinstance(pred, ScaledPredictor) and "calibration probes" in how
+    path = folder / "cpu-onnxruntime.parquet"
+    df, meta = read_table(path)
+    meta.pop("probes"), meta.pop("schema_version")
+    write_table(df, path, meta)
+    drift = check_drift("cpu-onnxruntime", None, str(path))
+    assert not drift.checked and "no calibration probes" in drift.note
+    _, how = device_predictor("cpu-onnxruntime", small, folder)
+    assert "drift not checked" in how
+
+
+def test_a_table_is_not_extended_at_another_speed(tmp_path, measured, small):
+    import shutil
+
+    folder = tmp_path / "lut"
+    shutil.copytree(measured, folder)
+    _rescale(folder, 3.0)
+    path = folder / "cpu-onnxruntime.parquet"
+    df, meta = read_table(path)
+    meta.pop("schema_version")
+    write_table(df.iloc[3:], path, meta)  # three ops still to measure
+    with pytest.raises(LutError, match="cannot resume or extend.*mix two speeds"):
+        profile("cpu-onnxruntime", small, resolutions=[32], out_dir=folder, progress=False)
+
+
+def test_probe_comparison_needs_common_probes():
+    with pytest.raises(DriftError, match="share no probe"):
+        compare({"ms": {"a": 1.0}}, {"ms": {"b": 1.0}})
+    ratio, lo, hi = compare({"ms": {"a": 1.0, "b": 2.0, "c": 4.0}},
+                            {"ms": {"a": 1.1, "b": 2.2, "c": 4.4}})
+    assert ratio == pytest.approx(1.1) and np.isclose(lo, 1.1) and np.isclose(hi, 1.1)
+    assert json.dumps(compare({"ms": {"a": 1.0}}, {"ms": {"a": 2.0}}))

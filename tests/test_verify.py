@@ -1,0 +1,99 @@
+"""On-device verification: a search whose predictor is wrong still reports archs that meet
+their budget when measured (hwnas.search.verify), with real ONNX Runtime measurements."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hwnas.search import SearchConfig, search
+
+
+class Optimistic:
+    """A predictor that promises 40% less latency than the device delivers (what a table
+    measured on a faster machine gives), with a small stated uncertainty."""
+
+    kind = "optimistic"
+
+    def __init__(self, space):
+        from hwnas.ops import count_batch
+
+        self.space = space
+        self.fingerprint = {}
+        self._count = count_batch
+
+    def predict_with_uncertainty(self, X):
+        macs = self._count(X if isinstance(X, np.ndarray) else list(X), self.space)[:, 0] / 1e6
+        p = 0.02 + 0.02 * macs  # ms; roughly 0.6x of ONNX Runtime's here
+        return p, 0.05 * p
+
+    def predict(self, X):
+        return self.predict_with_uncertainty(X)[0]
+
+
+def _accuracy(archs):
+    return np.array([sum(a.d) / 20 + a.r / 1000 for a in archs])  # bigger is better
+
+
+@pytest.mark.slow
+def test_best_per_budget_is_measured_within_its_budget(tmp_path, small):
+    from hwnas.devices import load_device
+    from hwnas.ops import build_network, ops
+    from hwnas.backends import get_backend
+    from hwnas.profile import time_runner
+
+    pred = Optimistic(small)
+    mid = small.arch(r=40, d=(3, 3, 3, 3, 3), k=(5,) * 20, e=(4,) * 20)
+    budget = round(float(pred.predict(small.encode(mid)[None])[0]), 4)
+    cfg = SearchConfig(space="small", objectives=("acc", "latency:cpu-onnxruntime"),
+                       budgets_ms=(budget,), algorithm="nsga2", evaluations=24, pop_size=8,
+                       verify="on", verify_limit=6, lut_dir=str(tmp_path / "nolut"))
+    res = search(cfg, tmp_path / "run", accuracy=_accuracy,
+                 predictors={"cpu-onnxruntime": pred}, progress=False, plots=False)
+    v = res.verify
+    assert v["device"] == "cpu-onnxruntime" and v["in_search"] <= 6
+    assert v["measurements"] >= 1 and v["measured_now"] == v["measurements"]
+    best = res.best[budget]
+    assert best["latency:cpu-onnxruntime:measured"] is True
+    assert best["latency:cpu-onnxruntime"] <= budget
+    assert v["confirmed"][f"{budget:g}"]["key"] == best["key"]
+    measured = pd.read_parquet(tmp_path / "run" / "measured.parquet")
+    assert set(measured["key"]) >= {best["key"]} and (measured["latency_ms"] > 0).all()
+    # the optimistic predictor was corrected upwards by what was measured
+    assert v["correction"][0] > 0.1
+    # measured independently, the reported arch meets its budget (within timer noise)
+    dev = load_device("cpu-onnxruntime")
+    arch = small.arch(json.loads(best["arch"]))
+    runner = get_backend(dev, tmp_path / "c").prepare(build_network(ops(arch, small)),
+                                                      (1, 3, arch.r, arch.r), "x")
+    again = time_runner(runner, dev.protocol)["latency_ms"]
+    assert again <= budget * 1.10
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["verify"]["measurements"] == v["measurements"]
+    # a resumed run replays the measurements instead of taking them again
+    again_res = search(None, tmp_path / "run", resume=True, accuracy=_accuracy,
+                       predictors={"cpu-onnxruntime": pred}, progress=False, plots=False)
+    assert again_res.verify["measured_now"] == 0
+    assert again_res.best[budget]["key"] == best["key"]
+
+
+def test_verify_on_needs_the_device_here_and_off_measures_nothing(tmp_path, small):
+    from hwnas.search import SearchError
+
+    pred = Optimistic(small)
+    cfg = SearchConfig(space="small", objectives=("acc", "latency:cuda-torch"),
+                       budgets_ms=(0.5,), evaluations=8, pop_size=4, verify="on")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SearchError, match="--verify needs cuda-torch on this machine"):
+            search(cfg, tmp_path / "a", accuracy=_accuracy, predictors={"cuda-torch": pred},
+                   progress=False, plots=False)
+    off = SearchConfig(space="small", objectives=("acc", "latency:cpu-onnxruntime"),
+                       budgets_ms=(0.5,), evaluations=8, pop_size=4, verify="off")
+    res = search(off, tmp_path / "b", accuracy=_accuracy,
+                 predictors={"cpu-onnxruntime": pred}, progress=False, plots=False)
+    assert res.verify is None and not (tmp_path / "b" / "measured.parquet").exists()
+    with pytest.raises(SearchError, match="verify='sometimes'"):
+        SearchConfig(verify="sometimes")
