@@ -216,15 +216,17 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
 
     cache = ConvertedCache()
     todo: dict[str, tuple] = {}
-    networks = []
+    networks: dict[str, list[str]] = {}  # stitched model key -> its ops' keys
     for build, shape, key in items:
         if cache.path(key).exists():
             continue
         if isinstance(build, NetworkBuild):
             parts = [(op.build, device.input_shape(op.input_shape), model_key(op.key, device))
                      for op in build.op_list]
-            networks.append((key, [k for _, _, k in parts]))
-            todo.update((k, p) for p in parts for k in [p[2]] if not cache.path(k).exists())
+            networks[key] = [part[2] for part in parts]
+            for part in parts:
+                if not cache.path(part[2]).exists():
+                    todo[part[2]] = part
         else:
             todo[key] = (build, shape, key)
     missing = list(todo.values())
@@ -233,11 +235,11 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
               for i in range(0, len(missing), MODELS_PER_CONVERSION)]
     for group in convert_groups(cache, groups):
         advance(sum(key in direct for _, _, key in group))
-    for key, part_keys in networks:
+    for key, part_keys in networks.items():
         model = stitch([cache.path(k).read_bytes() for k in part_keys])
         atomic_write(cache.path(key), lambda tmp, b=model: tmp.write_bytes(b))
         advance(1)
-    advance(sum(1 for _, _, key in items if key not in todo and key not in dict(networks)))
+    advance(sum(1 for _, _, key in items if key not in todo and key not in networks))
     return [cache.path(key) for _, _, key in items]
 
 
