@@ -46,12 +46,13 @@ def test_best_per_budget_is_measured_within_its_budget(tmp_path, small):
     pred = Optimistic(small)
     mid = small.arch(r=40, d=(3, 3, 3, 3, 3), k=(5,) * 20, e=(4,) * 20)
     dev = load_device("cpu-onnxruntime")
-    # the budget: what a middle arch measures here (whatever the machine's speed today), so
-    # that about half the space meets it and the optimistic predictor promises far more
+    # the budget: 1.3x what a middle arch measures here (whatever the machine's speed today),
+    # so that about half the space meets it even when the host slows down by a quarter during
+    # the search (seen on CI), and the optimistic predictor promises far more
     runner = get_backend(dev, tmp_path / "m").prepare(build_network(ops(mid, small)),
                                                       (1, 3, mid.r, mid.r), "mid")
-    budget = round(float(time_runner(runner, dev.protocol)["latency_ms"]), 4)
-    assert pred.predict([mid])[0] < 0.9 * budget  # the predictor is optimistic here
+    budget = round(1.3 * float(time_runner(runner, dev.protocol)["latency_ms"]), 4)
+    assert pred.predict([mid])[0] < 0.7 * budget  # the predictor is optimistic here
     cfg = SearchConfig(space="small", objectives=("acc", "latency:cpu-onnxruntime"),
                        budgets_ms=(budget,), algorithm="nsga2", evaluations=24, pop_size=8,
                        verify="on", verify_limit=6, lut_dir=str(tmp_path / "nolut"))
