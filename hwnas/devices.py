@@ -28,6 +28,7 @@ AUTO = "auto"  # cpu_affinity: the least busy cores when measuring starts
 # sample arrays more memory than any machine has).
 PROTOCOL_LIMITS = {"warmup": 10_000, "runs": 100_000, "rounds": 1_000, "max_retries": 100,
                    "window": 1_000_000, "min_time_ms": 60_000, "settle_ms": 60_000}
+STATISTICS = ("median", "p10")  # what a row's latency_ms is, of its timed values
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
@@ -48,6 +49,8 @@ class MeasureProtocol:
     settle_ms: float = 300.0  # untimed calls before timing starts, until the CPU is up to speed
     reload: bool = False     # load each model for its visit only (big batches: memory), so
                              # every round still visits every item
+    statistic: str = "median"  # a row's latency: "median" of its timed values, or "p10" where
+                               # other load only ever slows calls down (long batched calls)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,9 @@ def parse_device(data: Any, where: str = "device") -> Device:
     protocol = _section(where, "protocol", data.get("protocol"), MeasureProtocol)
     if protocol.runs < 1 or protocol.rounds < 1:
         raise _fail(where, "protocol.runs and protocol.rounds must be >= 1")
+    if protocol.statistic not in STATISTICS:
+        raise _fail(where, f"field 'protocol.statistic' = {protocol.statistic!r} is not allowed; "
+                           f"allowed: {', '.join(STATISTICS)}")
     for key, most in PROTOCOL_LIMITS.items():
         if getattr(protocol, key) > most:
             raise _fail(where, f"field 'protocol.{key}' = {getattr(protocol, key)} is more than "

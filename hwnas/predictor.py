@@ -734,6 +734,7 @@ def device_predictor(device: str, space: SearchSpace | None = None,
         raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
+    _check_statistic(device, op_path, sub_path)
     if check_drift:
         from hwnas.probe import ScaledPredictor
         from hwnas.probe import check_drift as drift_of
@@ -749,6 +750,27 @@ def device_predictor(device: str, space: SearchSpace | None = None,
             pred = ScaledPredictor(pred, drift)
         how += f"; {drift.note}"
     return pred, how
+
+
+def _check_statistic(device: str, *paths: Path) -> None:
+    """A device's tables must hold the statistic its protocol measures now (what search
+    verification and export measurement compare the predictions with)."""
+    from hwnas.devices import load_device
+    from hwnas.errors import DeviceError
+    from hwnas.lut import read_table
+
+    try:
+        want = load_device(device).protocol.statistic
+    except DeviceError:
+        return  # tables of a device with no file here (imported ones)
+    for path, kind in zip(paths, ("ops", "subnets")):
+        if path.exists():
+            have = (read_table(path, kind)[1].get("protocol") or {}).get("statistic", "median")
+            if have != want:
+                raise PredictorError(f"latency:{device}: {path} holds the {have} of its timed "
+                                     f"calls, but the device's protocol now measures the {want}; "
+                                     f"profile it again ('hwnas profile --device {device}') "
+                                     f"into another --out folder")
 
 
 def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int = 200,

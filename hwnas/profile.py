@@ -152,14 +152,20 @@ class Journal:
 
 
 # What a row's latency is when the runtime times each call (see ``Runner.time``).
-PER_CALL = "median of per-call times"
+def statistic_label(runner, protocol) -> str:
+    """What a row's ``latency_ms`` is: the protocol's statistic of per-call times, or of
+    the one value per visit of a runtime that reports only statistics of its runs."""
+    each = runner.info.get("statistic")
+    return (f"{protocol.statistic} of per-call times" if each is None
+            else f"{protocol.statistic} across visits of {each}")
 
 
-def summarize(samples_ms: np.ndarray) -> dict[str, float]:
-    """Median, p10, p90, spread and count of timed calls (ms)."""
+def summarize(samples_ms: np.ndarray, statistic: str = "median") -> dict[str, float]:
+    """The latency (``statistic``: median or p10), p10, p90, spread (of the median) and
+    count of timed calls (ms)."""
     med = float(np.median(samples_ms))
     p10, p90 = (float(v) for v in np.percentile(samples_ms, [10, 90]))
-    return {"latency_ms": med, "p10_ms": p10, "p90_ms": p90,
+    return {"latency_ms": p10 if statistic == "p10" else med, "p10_ms": p10, "p90_ms": p90,
             "spread": (p90 - p10) / med if med > 0 else float("inf"),
             "count": int(samples_ms.size)}
 
@@ -279,6 +285,12 @@ class Profiler:
             raise LutError(f"cannot resume or extend {self.path}: it was measured with another "
                            f"fingerprint ({'; '.join(diff)}); profile into another --out "
                            f"folder or delete it")
+        have = (meta.get("protocol") or {}).get("statistic", "median")
+        if have != self.protocol.statistic:
+            raise LutError(f"cannot resume or extend {self.path}: its rows hold the {have} of "
+                           f"their timed calls, the device's protocol now the "
+                           f"{self.protocol.statistic}; profile into another --out folder or "
+                           f"delete it")
         space = SearchSpace.from_dict(meta["space"]) if "space" in meta else None
         if space is not None and space.id != self.space.id:
             raise LutError(f"cannot extend {self.path}: it holds space {space.name!r}, not "
@@ -345,7 +357,7 @@ class Profiler:
             built = self.backend.prepare_many([specs[k] for k in group],
                                               lambda n: bar.advance(build_task, n))
             for key, runner in zip(group, built):
-                statistic[key] = runner.info.get("statistic", PER_CALL)
+                statistic[key] = statistic_label(runner, p)
                 if p.reload:
                     runner.close()
                 else:
@@ -353,7 +365,7 @@ class Profiler:
 
         def visit(key: str, time_it: bool = True) -> np.ndarray | None:
             runner = runners.get(key) or self.backend.prepare_many([specs[key]])[0]
-            statistic[key] = runner.info.get("statistic", PER_CALL)
+            statistic[key] = statistic_label(runner, p)
             samples = timed_visit(runner, p) if time_it else settle(runner, p)
             if p.reload:
                 runner.close()
@@ -386,7 +398,7 @@ class Profiler:
                     bar.advance(task)
             journal.flush()
             for key in todo:
-                stats = summarize(journal.attempt_samples(key, attempt))
+                stats = summarize(journal.attempt_samples(key, attempt), p.statistic)
                 stats["attempts"] = attempt + 1
                 if key not in best or stats["spread"] < best[key]["spread"]:
                     best[key] = stats
@@ -472,9 +484,9 @@ def time_runner(runner, protocol) -> dict[str, float]:
     settle(runner, protocol)
     for attempt in range(protocol.max_retries + 1):
         samples = [timed_visit(runner, protocol) * 1e3 for _ in range(protocol.rounds)]
-        stats = summarize(np.concatenate(samples))
+        stats = summarize(np.concatenate(samples), protocol.statistic)
         stats["attempts"] = attempt + 1
-        stats["statistic"] = runner.info.get("statistic", PER_CALL)
+        stats["statistic"] = statistic_label(runner, protocol)
         if best is None or stats["spread"] < best["spread"]:
             best = stats
         if best["spread"] <= protocol.max_spread:

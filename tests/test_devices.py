@@ -63,6 +63,7 @@ BASE = {"name": "d", "backend": "onnxruntime", "hardware": "cpu"}
     ({"protocol": {"min_time_ms": 10 ** 9}}, ["protocol.min_time_ms", "60,000"]),
     ({"android": {"serial": "x"}}, ["'android'", "adb-tflite"]),
     ({"name": "a/b"}, ["'name'", "file-safe"]),
+    ({"protocol": {"statistic": "mean"}}, ["protocol.statistic", "'mean'", "median, p10"]),
 ])
 def test_bad_device_fields_are_named(change, words):
     with pytest.raises(DeviceError) as info:

@@ -8,7 +8,7 @@ import pytest
 from helpers import synthetic_table
 
 from hwnas.fewshot import (Candidate, FewShotPredictor, baselines, candidates, ceiling,
-                           fit_few_shot)
+                           fit_few_shot, loo_weights)
 from hwnas.lut import write_table
 from hwnas.ops import count_batch, ops
 from hwnas.predictor import PredictorError, load_predictor
@@ -69,6 +69,25 @@ def test_when_macs_are_the_truth_the_choice_falls_back_to_macs(small):
     assert fs.predict(archs[20:]) == pytest.approx(y[20:], rel=1e-6)
 
 
+def test_candidates_need_two_samples_per_coefficient_and_build_on_the_lut(small):
+    names = feature_names(small)
+    few = {c.name: c for c in candidates(names, small, k=10)}
+    assert set(few) == {"macs-linear", "blocks-linear"}  # structure has 7 coefficients
+    assert "structure" in {c.name for c in candidates(names, small, k=14)}
+    with_lut = candidates(names + ["lut", "prior:x"], small, k=50)
+    assert {c.name for c in with_lut} == {"lut-linear", "lut+layers", "lut+structure",
+                                         "lut+prior:x"}
+    assert all("lut" in c.columns for c in with_lut)
+
+
+def test_loo_weights_share_the_prediction_by_cross_validated_error():
+    w = loo_weights({"a": 0.05, "b": 0.05 * 1.3, "c": 0.5})
+    assert list(w) == ["a", "b"] and w["a"] / w["b"] == pytest.approx(np.e)  # c dropped
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert loo_weights({"exact": 0.0, "close": 0.01}) == {"exact": 1.0}
+    assert loo_weights({"a": 0.1, "b": 0.1}) == {"a": 0.5, "b": 0.5}
+
+
 def test_slopes_of_cost_columns_stay_non_negative(small):
     archs = small.sample(60, seed=4)
     F = structural_features(archs, small)
@@ -122,7 +141,9 @@ def test_ceiling_refits_the_chosen_model_on_folds(small):
     fs = FewShotPredictor(space=small).fit(archs[:20], y[:20])
     c = ceiling(fs, archs, y)
     assert c["n"] == 100 and c["within_5pct"] == 1.0
-    assert isinstance(Candidate.apply(fs.coef, np.zeros((1, len(fs.choice.columns))))[0], float)
+    assert sum(w for _, w, _ in fs.members) == pytest.approx(1.0)
+    assert all(isinstance(Candidate.apply(coef, np.zeros((1, len(c.columns))))[0], float)
+               for c, _, coef in fs.members)
 
 
 def _subnet_table(path, space, archs, y, fp):

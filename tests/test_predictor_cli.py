@@ -77,7 +77,7 @@ def test_fit_with_k_few_shot_on_real_tables(lut_dir):
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
     for word in ("few-shot from 12 subnets (structure, LUT, cpu-onnxruntime)", "14 held out",
-                 "chosen by leave-one-out", "macs-linear", "blocks-linear", "lut-linear",
+                 "weighed by leave-one-out", "macs-linear", "blocks-linear", "lut-linear",
                  "ceiling"):
         assert word in out, word
     doc = json.loads((lut_dir / "cpu-torch.predictor.json").read_text())

@@ -89,8 +89,14 @@ def test_drift_within_tolerance_passes_and_no_probes_is_said(tmp_path, measured,
 
     folder = tmp_path / "lut"
     shutil.copytree(measured, folder)
-    _rescale(folder, 1.0)  # the table's probes as this machine runs them now
-    pred, how = device_predictor("cpu-onnxruntime", small, folder)
+    for attempt in range(3):  # the table's probes as this machine runs them now (this VM's
+        _rescale(folder, 1.0)  # host can swing by >10% between two timings under load)
+        try:
+            pred, how = device_predictor("cpu-onnxruntime", small, folder)
+            break
+        except DriftError:
+            if attempt == 2:
+                raise
     assert not isinstance(pred, ScaledPredictor) and "calibration probes" in how
     path = folder / "cpu-onnxruntime.parquet"
     df, meta = read_table(path)
@@ -123,3 +129,22 @@ def test_probe_comparison_needs_common_probes():
                             {"ms": {"a": 1.1, "b": 2.2, "c": 4.4}})
     assert ratio == pytest.approx(1.1) and np.isclose(lo, 1.1) and np.isclose(hi, 1.1)
     assert json.dumps(compare({"ms": {"a": 1.0}}, {"ms": {"a": 2.0}}))
+
+
+def test_a_table_of_another_statistic_is_refused(tmp_path, measured, small):
+    """The device file now measures the p10, the table holds medians: predictions would be
+    compared with measurements of another statistic."""
+    import shutil
+
+    folder = tmp_path / "lut"
+    shutil.copytree(measured, folder)
+    path = folder / "cpu-onnxruntime.parquet"
+    df, meta = read_table(path)
+    meta["protocol"] = {**meta["protocol"], "statistic": "p10"}
+    meta.pop("schema_version")
+    write_table(df, path, meta)
+    from hwnas.predictor import PredictorError
+
+    with pytest.raises(PredictorError, match="holds the p10 of its timed calls, but the device's "
+                                        "protocol now measures the median"):
+        device_predictor("cpu-onnxruntime", small, folder, check_drift=False)

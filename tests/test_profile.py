@@ -113,6 +113,8 @@ def test_sample_subnets_always_has_extremes(small):
 def test_summarize():
     s = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert s["latency_ms"] == 3.0 and s["count"] == 5 and s["p90_ms"] > s["p10_ms"]
+    low = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]), "p10")
+    assert low["latency_ms"] == low["p10_ms"] == pytest.approx(1.4) and low["spread"] == s["spread"]
 
 
 class FakeBackend:
@@ -163,6 +165,15 @@ def test_rounds_are_interleaved_and_shuffled(tmp_path, small):
     assert (res.table["count"] == 20).all()
 
 
+def test_a_p10_protocol_records_the_p10_and_says_so(tmp_path, small):
+    items = op_items(unique_ops(small, [32])[:4])
+    res = _profiler(tmp_path, small, FakeBackend(), rounds=2, runs=5, max_retries=0,
+                    statistic="p10").run(items)
+    t = res.table
+    assert (t["latency_ms"] == t["p10_ms"]).all() and (t["p90_ms"] > t["latency_ms"]).all()
+    assert (t["statistic"] == "p10 of per-call times").all()
+
+
 def test_noisy_rows_are_measured_again(tmp_path, small):
     items = op_items(unique_ops(small, [32])[:6])
     noisy = items[2].key
@@ -185,6 +196,14 @@ def test_resume_refuses_another_fingerprint(tmp_path, small):
     with pytest.raises(LutError, match="another fingerprint.*cpu: 'Other CPU'.*threads: 8 vs 1"):
         _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2).run(op_items(
             unique_ops(small, [32])))
+
+
+def test_resume_refuses_another_statistic(tmp_path, small):
+    items = op_items(unique_ops(small, [32])[:3])
+    _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, max_retries=0).run(items)
+    with pytest.raises(LutError, match="hold the median of their timed calls.*now the p10"):
+        _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, statistic="p10").run(
+            op_items(unique_ops(small, [32])))
 
 
 def _journal_visits(path: Path) -> int:

@@ -359,8 +359,7 @@ class AdbTFLiteBackend(Backend):
             check_delegation(out, self.settings.use_gpu)
             t = parse_benchmark_output(out)
             kind = "median" if t.median_us is not None else "mean"
-            info["statistic"] = (f"benchmark_model's {kind} of {t.count} runs per visit; "
-                                 f"p10/p90 and spread across visits")
+            info["statistic"] = f"benchmark_model's {kind} of {t.count} runs per visit"
             return np.array([t.typical_us * 1e-6])
 
         def run() -> None:
