@@ -24,6 +24,8 @@ from hwnas.errors import HwnasError
 from hwnas.ops import OpSpec
 
 TOLERANCE = 0.10
+RETRIES = 2          # a drift beyond TOLERANCE is timed again this many times
+RETRY_PAUSE_S = 1.0  # after this long, to leave a slow window of the host
 # A handful of ops of every kind that matters (1x1 and depthwise 3/5/7 convolutions, SE,
 # both activations, the classifier), sized so that each takes 0.05-2 ms on a laptop core.
 PROBES = (
@@ -83,6 +85,25 @@ def measure_probes(device, cache_dir: str | Path | None = None, backend=None
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
+           ) -> tuple[dict[str, Any], tuple[float, float, float]]:
+    """Time the probes now and compare them with ``then``: (now, (median, p10, p90) of
+    now/then). A drift beyond ±10% is timed again after a pause, up to :data:`RETRIES`
+    times, each probe keeping its fastest timing: this host runs at one speed for seconds
+    and then at another (one net measured 0.151 ms for nine visits and 0.21 ms for the
+    next three, within a second), so one slow window alone is not taken for a drift."""
+    now = measure_probes(device, cache_dir, backend)
+    ratio = compare(then, now)
+    for _ in range(RETRIES):
+        if abs(ratio[0] - 1) <= TOLERANCE:
+            break
+        time.sleep(RETRY_PAUSE_S)
+        again = measure_probes(device, cache_dir, backend)
+        now = {**again, "ms": {k: min(v, now["ms"].get(k, v)) for k, v in again["ms"].items()}}
+        ratio = compare(then, now)
+    return now, ratio
+
+
 def compare(then: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[float, float, float]:
     """(median, p10, p90) of now/then over the probes both timed."""
     a, b = then.get("ms") or {}, now.get("ms") or {}
@@ -113,7 +134,7 @@ def check_drift(device, probes: Mapping[str, Any] | None, where: str,
         return Drift(None, f"drift not checked: {device.name} is not usable here ({problem})")
     key = (device.name, where, json.dumps(probes, sort_keys=True), allow_drift)
     if key not in _CHECKED:
-        ratio, lo, hi = compare(probes, measure_probes(device, cache_dir))
+        ratio, lo, hi = retime(probes, device, cache_dir)[1]
         text = (f"this machine runs the calibration probes {ratio:.2f}x as long as when "
                 f"{where} was measured (probe by probe {lo:.2f}-{hi:.2f}x)")
         if abs(ratio - 1) <= TOLERANCE:
@@ -157,4 +178,4 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 
 
 __all__ = ["Drift", "DriftError", "PROBES", "ScaledPredictor", "TOLERANCE", "check_drift",
-           "compare", "measure_probes", "table_probes"]
+           "compare", "measure_probes", "retime", "table_probes"]

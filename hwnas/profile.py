@@ -300,17 +300,18 @@ class Profiler:
     def _calibrate(self, stored: dict | None) -> None:
         """Time the calibration probes (``hwnas.probe``) into the table's metadata; a table
         being extended must have been measured at this machine's present speed."""
-        from hwnas.probe import TOLERANCE, compare, measure_probes
+        from hwnas.probe import TOLERANCE, measure_probes, retime
 
-        now = measure_probes(self.device, backend=self.backend)
         if stored and stored.get("ms"):
-            ratio = compare(stored, now)[0]
+            ratio = retime(stored, self.device, backend=self.backend)[1][0]
             if abs(ratio - 1) > TOLERANCE:
                 raise LutError(f"cannot resume or extend {self.path}: this machine runs the "
                                f"calibration probes {ratio:.2f}x as long as when its rows were "
                                f"measured, so the table would mix two speeds; profile into "
                                f"another --out folder or delete it")
-        self.meta["probes"] = stored if stored and stored.get("ms") else now
+            self.meta["probes"] = stored
+        else:
+            self.meta["probes"] = measure_probes(self.device, backend=self.backend)
 
     def run(self, items: Sequence[Item]) -> ProfileResult:
         existing, existing_meta = self._existing()

@@ -148,3 +148,22 @@ def test_a_table_of_another_statistic_is_refused(tmp_path, measured, small):
     with pytest.raises(PredictorError, match="holds the p10 of its timed calls, but the device's "
                                         "protocol now measures the median"):
         device_predictor("cpu-onnxruntime", small, folder, check_drift=False)
+
+
+def test_a_slow_window_is_timed_again_before_it_counts_as_drift(monkeypatch):
+    """One slow timing (the host's slow window) is re-timed after a pause, each probe
+    keeping its fastest; a lasting drift stays a drift."""
+    import hwnas.probe as probe
+
+    then = {"ms": {"a": 1.0, "b": 2.0}}
+    answers = iter([{"ms": {"a": 1.4, "b": 2.9}}, {"ms": {"a": 1.02, "b": 3.0}},
+                    {"ms": {"a": 1.5, "b": 2.02}}])
+    monkeypatch.setattr(probe, "measure_probes", lambda *a, **k: next(answers))
+    monkeypatch.setattr(probe, "RETRY_PAUSE_S", 0.0)
+    now, (ratio, lo, hi) = probe.retime(then, "dev")
+    assert now["ms"] == {"a": 1.02, "b": 2.02} and ratio == pytest.approx(1.015)
+    lasting = iter([{"ms": {"a": 2.0, "b": 4.0}}] * 3 + [{"ms": {"a": 0.1, "b": 0.1}}])
+    monkeypatch.setattr(probe, "measure_probes", lambda *a, **k: next(lasting))
+    now, (ratio, _, _) = probe.retime(then, "dev")
+    assert ratio == pytest.approx(2.0)  # timed three times, then given up: a real drift
+    assert next(lasting)["ms"]["a"] == 0.1  # the fourth answer was never asked for
