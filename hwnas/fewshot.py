@@ -47,13 +47,11 @@ MIN_WEIGHT = 1e-3     # lighter members are dropped
 @dataclass(frozen=True)
 class Candidate:
     """A linear model over named columns: ``intercept + sum(coef * column)``, fitted by
-    least squares on relative error, slopes >= 0 when ``nonneg``, with a ridge penalty
-    ``ridge`` on standardised slopes."""
+    least squares on relative error, slopes >= 0 when ``nonneg``."""
 
     name: str
     columns: tuple[str, ...]
     nonneg: bool = True
-    ridge: float = 0.0
 
     def fit(self, F: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Coefficients (slopes then intercept) for the design ``F`` (these columns)."""
@@ -61,11 +59,6 @@ class Candidate:
         scale = np.maximum(np.abs(F).max(0), 1e-12)
         A = np.column_stack([F / scale, np.ones(len(F))]) * w[:, None]
         b = y * w
-        if self.ridge:  # rows that pull the (scaled) slopes towards zero
-            n = F.shape[1]
-            A = np.vstack([A, np.column_stack([np.eye(n) * np.sqrt(self.ridge * len(y)),
-                                               np.zeros(n)])])
-            b = np.concatenate([b, np.zeros(n)])
         if self.nonneg:  # intercept free: as the difference of two non-negative columns
             c, _ = nnls(np.column_stack([A, -A[:, -1]]), b, maxiter=50 * A.shape[1])
             coef = np.append(c[:-2], c[-2] - c[-1])
@@ -113,6 +106,13 @@ def baseline_candidates(columns: Sequence[str]) -> list[Candidate]:
     out = [Candidate("macs-linear", ("macs",), nonneg=False),
            Candidate("blocks-linear", ("blocks",), nonneg=False)]
     return out + [Candidate("lut-linear", (LUT,), nonneg=False)] * (LUT in columns)
+
+
+def _scores(err: np.ndarray) -> dict[str, float]:
+    """MAPE, share within ±10% and RMS of relative held-out errors."""
+    return {"mape": float(np.mean(np.abs(err))),
+            "within_10pct": float(np.mean(np.abs(err) <= 0.10 + 1e-12)),
+            "rel_std": float(np.sqrt(np.mean(err ** 2)))}
 
 
 def loo_weights(mape: Mapping[str, float]) -> dict[str, float]:
@@ -206,18 +206,16 @@ class FewShotPredictor(Predictor):
         for cand in candidates(self.columns, self.space, len(y)):
             err = cv_errors(cand, self._select(cand, F), y, held)
             errors[cand.name], tried[cand.name] = err, cand
-            self.cv[cand.name] = {"mape": float(np.mean(np.abs(err))), "within_10pct": float(
-                np.mean(np.abs(err) <= 0.10 + 1e-12)), "rel_std": float(np.sqrt(np.mean(err ** 2)))}
+            self.cv[cand.name] = _scores(err)
         weights = loo_weights({n: v["mape"] for n, v in self.cv.items()})
         for name in self.cv:
             self.cv[name]["weight"] = weights.get(name, 0.0)
         self.members = [(tried[n], w, tried[n].fit(self._select(tried[n], F), y))
                         for n, w in weights.items()]
         # the average's own cross-validated error: the members' held-out errors, weighted
-        err = sum(w * errors[n] for n, w in weights.items())
-        self.rel_std = float(np.sqrt(np.mean(err ** 2)))
-        self.cv["average"] = {"mape": float(np.mean(np.abs(err))), "within_10pct": float(
-            np.mean(np.abs(err) <= 0.10 + 1e-12)), "rel_std": self.rel_std, "weight": 1.0}
+        self.cv["average"] = {**_scores(sum(w * errors[n] for n, w in weights.items())),
+                              "weight": 1.0}
+        self.rel_std = self.cv["average"]["rel_std"]
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         F = self.design(X)
@@ -260,7 +258,7 @@ class FewShotPredictor(Predictor):
                                      f"load_predictor before saving this predictor")
             priors[name] = os.path.relpath(Path(source).resolve(), Path(path).parent.resolve())
         return {"members": [{"name": c.name, "columns": list(c.columns), "nonneg": c.nonneg,
-                             "ridge": c.ridge, "weight": w, "coef": coef.tolist()}
+                             "weight": w, "coef": coef.tolist()}
                             for c, w, coef in self.members],
                 "rel_std": self.rel_std, "cv": self.cv, "columns": self.columns,
                 "priors": priors}
@@ -270,8 +268,7 @@ class FewShotPredictor(Predictor):
             raise PredictorError("its feature columns differ from this hwnas's")
         self.members = []
         for m in state["members"]:
-            cand = Candidate(m["name"], tuple(m["columns"]), bool(m["nonneg"]),
-                             float(m["ridge"]))
+            cand = Candidate(m["name"], tuple(m["columns"]), bool(m["nonneg"]))
             if not set(cand.columns) <= set(self.columns):
                 raise PredictorError(f"its member {cand.name!r} needs columns it does not have")
             coef = np.asarray(m["coef"], dtype=float)

@@ -53,6 +53,12 @@ def write_table(df: pd.DataFrame, path: str | Path, meta: Mapping[str, Any]) -> 
     return path
 
 
+def table_statistic(meta: Mapping[str, Any]) -> str:
+    """Which statistic of its timed calls a table's ``latency_ms`` holds (median before
+    device protocols could say)."""
+    return (meta.get("protocol") or {}).get("statistic", "median")
+
+
 def read_table(path: str | Path, kind: str = "ops",
                fingerprint: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, dict]:
     """Read and check a table. ``kind``: ``ops`` or ``subnets``. With ``fingerprint``, a

@@ -757,7 +757,7 @@ def _check_statistic(device: str, *paths: Path) -> None:
     verification and export measurement compare the predictions with)."""
     from hwnas.devices import load_device
     from hwnas.errors import DeviceError
-    from hwnas.lut import read_table
+    from hwnas.lut import read_table, table_statistic
 
     try:
         want = load_device(device).protocol.statistic
@@ -765,7 +765,7 @@ def _check_statistic(device: str, *paths: Path) -> None:
         return  # tables of a device with no file here (imported ones)
     for path, kind in zip(paths, ("ops", "subnets")):
         if path.exists():
-            have = (read_table(path, kind)[1].get("protocol") or {}).get("statistic", "median")
+            have = table_statistic(read_table(path, kind)[1])
             if have != want:
                 raise PredictorError(f"latency:{device}: {path} holds the {have} of its timed "
                                      f"calls, but the device's protocol now measures the {want}; "

@@ -34,7 +34,7 @@ from hwnas.devices import (PROTOCOL_LIMITS, Device, device_fingerprint, fingerpr
                            load_device)
 from hwnas.errors import DeviceError, LutError
 from hwnas.display import progress as progress_bar
-from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, write_table
+from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, table_statistic, write_table
 from hwnas.backends.base import model_key
 from hwnas.ops import NetworkBuild, OpSpec, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
@@ -151,7 +151,6 @@ class Journal:
         write_table(df, self.path, {**self.meta, "kind": "journal"})
 
 
-# What a row's latency is when the runtime times each call (see ``Runner.time``).
 def statistic_label(runner, protocol) -> str:
     """What a row's ``latency_ms`` is: the protocol's statistic of per-call times, or of
     the one value per visit of a runtime that reports only statistics of its runs."""
@@ -285,7 +284,7 @@ class Profiler:
             raise LutError(f"cannot resume or extend {self.path}: it was measured with another "
                            f"fingerprint ({'; '.join(diff)}); profile into another --out "
                            f"folder or delete it")
-        have = (meta.get("protocol") or {}).get("statistic", "median")
+        have = table_statistic(meta)
         if have != self.protocol.statistic:
             raise LutError(f"cannot resume or extend {self.path}: its rows hold the {have} of "
                            f"their timed calls, the device's protocol now the "
