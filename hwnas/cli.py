@@ -118,13 +118,17 @@ def profile_cmd(
                                          "(default <out>/.cache/<device>)"),
     batch: Optional[int] = typer.Option(None, min=1, help="images per inference instead of "
                                         "the device file's (tables: <device>-b<N>)"),
+    allow_drift: bool = typer.Option(False, help="resume a table although this machine now "
+                                     "runs its calibration probes at another speed (the "
+                                     "table records the mix)"),
 ) -> None:
     """Measure every unique op of the space on a device (and optionally sampled subnets).
     Resumes where an interrupted run stopped."""
     from hwnas.profile import profile
 
     res = _int_list(resolutions, "--resolutions") if resolutions else None
-    ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache, batch=batch)
+    ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache, batch=batch,
+                               allow_drift=allow_drift)
     for label, r in (("ops", ops_res), ("subnets", sub_res)):
         if r is not None:
             console.print(r.summary(label))

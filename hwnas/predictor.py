@@ -735,6 +735,7 @@ def device_predictor(device: str, space: SearchSpace | None = None,
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
     _check_statistic(device, op_path, sub_path)
+    how += "".join(f"; {note}" for note in _mixed_speed_notes(op_path, sub_path))
     if check_drift:
         from hwnas.probe import ScaledPredictor
         from hwnas.probe import check_drift as drift_of
@@ -771,6 +772,22 @@ def _check_statistic(device: str, *paths: Path) -> None:
                                      f"calls, but the device's protocol now measures the {want}; "
                                      f"profile it again ('hwnas profile --device {device}') "
                                      f"into another --out folder")
+
+
+def _mixed_speed_notes(*paths: Path) -> list[str]:
+    """Say which tables were resumed across a drift of the machine (``profile
+    --allow-drift``): their rows mix two speeds."""
+    from hwnas.lut import read_table
+
+    notes = []
+    for path, kind in zip(paths, ("ops", "subnets")):
+        if path.exists():
+            drifts = read_table(path, kind)[1].get("resumed_across_drift") or []
+            if drifts:
+                ratios = ", ".join(f"{d['ratio']:.2f}x" for d in drifts)
+                notes.append(f"{path} was resumed across a drift of the machine ({ratios}): "
+                             f"its rows mix speeds")
+    return notes
 
 
 def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int = 200,

@@ -113,17 +113,17 @@ class Journal:
             self.samples.setdefault((key, int(attempt), int(rnd)), np.asarray(s, dtype=float))
 
     @staticmethod
-    def stored_probes(path: Path) -> dict | None:
-        """The calibration probes an interrupted run's journal was measured with."""
+    def stored_meta(path: Path) -> dict[str, Any]:
+        """The metadata an interrupted run's journal was written with (its calibration
+        probes, any drift it was resumed across); {} without a readable journal."""
         import json
 
         import pyarrow.parquet as pq
 
         try:
-            meta = json.loads((pq.read_schema(path).metadata or {}).get(b"hwnas", b"{}"))
+            return json.loads((pq.read_schema(path).metadata or {}).get(b"hwnas", b"{}"))
         except Exception:  # no journal, or an unreadable one (reported when it is loaded)
-            return None
-        return meta.get("probes")
+            return {}
 
     def has(self, key: str, attempt: int, rnd: int) -> bool:
         return (key, attempt, rnd) in self.samples
@@ -257,7 +257,8 @@ class Profiler:
     """Runs the measurement protocol for a device into one table."""
 
     def __init__(self, device: Device | str, space: SearchSpace | str, path: Path,
-                 kind: str, cache_dir: str | Path | None = None, progress: bool = True) -> None:
+                 kind: str, cache_dir: str | Path | None = None, progress: bool = True,
+                 allow_drift: bool = False) -> None:
         from hwnas.backends import get_backend
 
         self.device = load_device(device)
@@ -267,6 +268,7 @@ class Profiler:
         self.protocol = self.device.protocol
         self.progress = progress
         self.calibrate = True  # time the calibration probes into the table (hwnas.probe)
+        self.allow_drift = allow_drift  # resume across a drift of the probes, recorded
         self.fingerprint = device_fingerprint(self.device)
         self.meta = {"kind": kind, "fingerprint": self.fingerprint,
                      "space": self.space.to_dict(), "device": self.device.to_dict(),
@@ -296,18 +298,28 @@ class Profiler:
                            f"{self.space.name!r}")
         return df, meta
 
-    def _calibrate(self, stored: dict | None) -> None:
+    def _calibrate(self, stored: dict | None, result: ProfileResult) -> None:
         """Time the calibration probes (``hwnas.probe``) into the table's metadata; a table
-        being extended must have been measured at this machine's present speed."""
+        being extended must have been measured at this machine's present speed, unless
+        ``allow_drift``: then the drift is recorded in the table (``resumed_across_drift``)
+        and in the result's notes, so nobody takes the table for one speed."""
         from hwnas.probe import TOLERANCE, measure_probes, retime
 
         if stored and stored.get("ms"):
             ratio = retime(stored, self.device, backend=self.backend)[1][0]
             if abs(ratio - 1) > TOLERANCE:
-                raise LutError(f"cannot resume or extend {self.path}: this machine runs the "
-                               f"calibration probes {ratio:.2f}x as long as when its rows were "
-                               f"measured, so the table would mix two speeds; profile into "
-                               f"another --out folder or delete it")
+                text = (f"this machine runs the calibration probes {ratio:.2f}x as long as "
+                        f"when the rows of {self.path} were measured")
+                if not self.allow_drift:
+                    raise LutError(f"cannot resume or extend {self.path}: {text}, so the table "
+                                   f"would mix two speeds; profile into another --out folder, "
+                                   f"delete it, or pass --allow-drift to mix them (recorded "
+                                   f"in the table)")
+                self.meta["resumed_across_drift"] = [
+                    *self.meta.get("resumed_across_drift", []),
+                    {"ratio": round(ratio, 4), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+                result.notes.append(f"{text}; resumed anyway (--allow-drift): the table now "
+                                    f"mixes two speeds, recorded as resumed_across_drift")
             self.meta["probes"] = stored
         else:
             self.meta["probes"] = measure_probes(self.device, backend=self.backend)
@@ -323,7 +335,12 @@ class Profiler:
         journal_path = self.path.with_name(self.path.name.replace(".parquet", "")
                                            + ".journal.parquet")
         if self.calibrate:
-            self._calibrate(existing_meta.get("probes") or Journal.stored_probes(journal_path))
+            interrupted = Journal.stored_meta(journal_path)  # newer than the table's
+            drifts = interrupted.get("resumed_across_drift") or \
+                existing_meta.get("resumed_across_drift")
+            if drifts:
+                self.meta["resumed_across_drift"] = drifts
+            self._calibrate(existing_meta.get("probes") or interrupted.get("probes"), result)
         journal = Journal(journal_path, self.meta)
         window = self.protocol.window or len(pending)
         with pinned(self.device.cpu_affinity, self.device.threads), \
@@ -451,12 +468,14 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
             resolutions: Sequence[int] | None = None, subnets: int = 0, seed: int = 0,
             out_dir: str | Path = "lut", cache_dir: str | Path | None = None,
             op_list: Sequence[OpSpec] | None = None, progress: bool = True,
-            batch: int | None = None) -> tuple[ProfileResult, ProfileResult | None]:
+            batch: int | None = None, allow_drift: bool = False
+            ) -> tuple[ProfileResult, ProfileResult | None]:
     """Measure every unique op of ``space`` (at ``resolutions``) on ``device`` into
     ``<out_dir>/<device>.parquet`` and, with ``subnets``, that many sampled subnets into
     ``<out_dir>/<device>.subnets.parquet``. Resumes where an earlier run stopped.
     ``batch`` overrides the device's batch size (the device is then ``<device>-b<batch>``,
-    and so are its tables)."""
+    and so are its tables). ``allow_drift`` resumes a table although this machine now runs
+    the calibration probes at another speed (recorded in the table)."""
     device = load_device(device, batch)
     space = get_space(space)
     if resolutions:
@@ -466,13 +485,13 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
                            f"{list(space.resolutions)}")
     op_path, subnet_path = table_paths(device.name, out_dir)
     targets = list(op_list) if op_list is not None else unique_ops(space, resolutions)
-    ops_result = Profiler(device, space, op_path, "ops", cache_dir, progress).run(
+    ops_result = Profiler(device, space, op_path, "ops", cache_dir, progress, allow_drift).run(
         op_items(targets))
     subnet_result = None
     if subnets:
         archs = sample_subnets(space, subnets, seed, resolutions)
-        subnet_result = Profiler(device, space, subnet_path, "subnets", cache_dir, progress).run(
-            subnet_items(archs, space))
+        subnet_result = Profiler(device, space, subnet_path, "subnets", cache_dir, progress,
+                                 allow_drift).run(subnet_items(archs, space))
     return ops_result, subnet_result
 
 

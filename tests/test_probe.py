@@ -118,8 +118,17 @@ def test_a_table_is_not_extended_at_another_speed(tmp_path, measured, small):
     df, meta = read_table(path)
     meta.pop("schema_version")
     write_table(df.iloc[3:], path, meta)  # three ops still to measure
-    with pytest.raises(LutError, match="cannot resume or extend.*mix two speeds"):
+    with pytest.raises(LutError, match="cannot resume or extend.*mix two speeds.*--allow-drift"):
         profile("cpu-onnxruntime", small, resolutions=[32], out_dir=folder, progress=False)
+    # asked to, it resumes, and the table and every prediction from it say the speeds mix
+    res, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=folder,
+                     progress=False, allow_drift=True)
+    assert res.measured == 3 and len(res.table) == len(df)
+    assert any("resumed anyway" in n for n in res.notes)
+    (drift,) = read_table(path)[1]["resumed_across_drift"]
+    assert drift["ratio"] < 0.9  # this machine now runs them about a third as long
+    _, how = device_predictor("cpu-onnxruntime", small, folder, allow_drift=True)
+    assert "resumed across a drift" in how
 
 
 def test_probe_comparison_needs_common_probes():
