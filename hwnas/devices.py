@@ -27,6 +27,7 @@ AUTO = "auto"  # cpu_affinity: the least busy cores when measuring starts
 # Upper bounds of the measurement protocol (beyond them a table would take days, or the
 # sample arrays more memory than any machine has).
 PROTOCOL_LIMITS = {"warmup": 10_000, "runs": 100_000, "rounds": 1_000, "max_retries": 100,
+                   "max_retries_subnets": 100,
                    "window": 1_000_000, "min_time_ms": 60_000, "settle_ms": 60_000}
 STATISTICS = ("median", "p10")  # what a row's latency_ms is, of its timed values
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -43,6 +44,8 @@ class MeasureProtocol:
     rounds: int = 5          # interleaved rounds over the whole set, each in shuffled order
     max_spread: float = 0.2  # (p90 - p10) / median above this: measure the row again
     max_retries: int = 2     # how many times a noisy row is measured again
+    max_retries_subnets: int = 2  # the same for subnet rows: the predictor's ground truth, few,
+                                  # and calm unless the host is (TFLite ops are noisy always)
     window: int = 0          # items interleaved together (0: all); subnets use a window
     seed: int = 0            # shuffling seed
     min_time_ms: float = 0.0  # each visit times calls until at least this long (tiny nets)

@@ -91,12 +91,15 @@ class ExportResult:
                          "yes" if c["ok"] else "NO"] for c in m["checks"]])
         out = [files, checks]
         if m["latency"]:
+            def num(v, fmt=".3f"):
+                return "-" if v is None else f"{v:{fmt}}"
+
             out.append(Table("latency", ["device", "file", "predicted ms", "measured ms",
-                                         "measured/predicted"], [
-                [r["device"], r["file"],
-                 "-" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}",
-                 f"{r['measured_ms']:.3f}",
-                 "-" if r["measured/predicted"] is None else f"{r['measured/predicted']:.3f}"]
+                                         "measured/predicted", "probes during",
+                                         "at table speed/predicted"], [
+                [r["device"], r["file"], num(r["predicted_ms"]), num(r["measured_ms"]),
+                 num(r["measured/predicted"]), num(r.get("probes_during"), ".2f"),
+                 num(r.get("at_table_speed/predicted"))]
                 for r in m["latency"]]))
         return out
 
@@ -550,10 +553,14 @@ FORMATS.register("tensorrt", ExportFormat(export_tensorrt, needs=("onnx",)))
 
 def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict[str, Any]:
     """Time the exported file the device runs (the module itself on torch devices) with
-    the profiling protocol, next to the device's predicted latency."""
+    the profiling protocol, next to the device's predicted latency. Where the device's
+    tables hold calibration probes, they are timed between the rounds (``ProbeClock``), so
+    the row also says how fast the machine ran meanwhile and what the file measures at
+    the table's speed: the prediction's own terms."""
     arch, space, module, files, shape, out = (job.arch, job.space, job.module, job.files,
                                               job.shape, job.out)
     from hwnas.backends import get_backend
+    from hwnas.probe import ProbeClock, table_probes
     from hwnas.profile import pinned, time_runner
 
     fmt = _device_format(device)
@@ -561,38 +568,55 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
         else fmt
     backend = get_backend(device, out / ".cache" / device.name)
     shape = device.input_shape(shape)
+    # on a phone one probe visit is a whole benchmark_model run: not between rounds there
+    probes = None if device.backend.startswith("adb") else table_probes(device.name, lut_dir)[0]
     try:
         with pinned(device.cpu_affinity, device.threads):
             runner = backend.load(files[variant], shape) if fmt else \
                 backend.prepare(module, shape, arch.key)
-            stats = time_runner(runner, device.protocol)
-            runner.close()
+            # converted probes are cached beside the tables (as the drift check keeps them)
+            clock = ProbeClock(device, probes, Path(lut_dir) / ".cache" / device.name) \
+                if probes and probes.get("ms") else None
+            try:
+                stats = time_runner(runner, device.protocol, clock)
+            finally:
+                runner.close()
+                if clock is not None:
+                    clock.close()
     except HwnasError as exc:
         raise ExportError(f"measure {device.name}", str(exc)) from None
-    predicted, how = predict_latency(device.name, arch, space, lut_dir, allow_drift)
+    predicted, how, scale = predict_latency(device.name, arch, space, lut_dir, allow_drift)
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
            "measured_ms": stats["latency_ms"], "spread": stats["spread"],
            "count": stats["count"], "statistic": stats["statistic"],
            "predicted_ms": predicted, "predictor": how}
     row["measured/predicted"] = stats["latency_ms"] / predicted if predicted else None
+    if "drift" in stats:
+        row["probes_during"] = stats["drift"]
+        row["at_table_speed_ms"] = stats["at_table_speed_ms"]
+        # the prediction before any --allow-drift scaling is in the table's terms
+        row["at_table_speed/predicted"] = \
+            stats["at_table_speed_ms"] / (predicted / scale) if predicted else None
     return row
 
 
 def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path,
-                    allow_drift: bool = False) -> tuple[float | None, str]:
-    """The device's saved predictor's estimate, else its LUT sum, else (None, why). A
-    drift of its tables' calibration probes (``hwnas.probe``) is an error here too."""
+                    allow_drift: bool = False) -> tuple[float | None, str, float]:
+    """The device's saved predictor's estimate, else its LUT sum, else (None, why), and
+    the factor it was scaled by for a drift of the machine (1.0 if none). A drift of its
+    tables' calibration probes (``hwnas.probe``) is an error here too."""
     from hwnas.predictor import PredictorError, device_predictor
-    from hwnas.probe import DriftError
+    from hwnas.probe import DriftError, ScaledPredictor
 
     try:
         pred, how = device_predictor(device, space, lut_dir, lut_sum_fallback=True,
                                      allow_drift=allow_drift)
-        return float(np.asarray(pred.predict([arch]))[0]), how
+        scale = pred.drift.ratio if isinstance(pred, ScaledPredictor) else 1.0
+        return float(np.asarray(pred.predict([arch]))[0]), how, scale
     except DriftError:
         raise
     except (PredictorError, HwnasError) as exc:
-        return None, f"no prediction: {exc}"
+        return None, f"no prediction: {exc}", 1.0
 
 
 __all__ = ["ExportError", "ExportIncomplete", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",

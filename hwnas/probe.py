@@ -55,6 +55,22 @@ class Drift:
         return self.ratio is not None
 
 
+def _probe_protocol(device):
+    """Every probe visit times >= 30 ms: long enough to ride out the timer's noise."""
+    return dataclasses.replace(device.protocol, warmup=2, runs=10, rounds=8,
+                               min_time_ms=max(device.protocol.min_time_ms, 30.0))
+
+
+def _prepare_probes(device, cache_dir, backend) -> list:
+    from hwnas.backends import get_backend
+    from hwnas.backends.base import model_key
+
+    backend = backend or get_backend(device, cache_dir)
+    items = [(op.build, device.input_shape(op.input_shape), model_key(f"probe|{op.key}", device))
+             for op in PROBES]
+    return backend.prepare_many(items)
+
+
 def measure_probes(device, cache_dir: str | Path | None = None, backend=None
                    ) -> dict[str, Any]:
     """Time :data:`PROBES` on ``device`` (at its batch): what a table stores as ``probes``
@@ -63,17 +79,11 @@ def measure_probes(device, cache_dir: str | Path | None = None, backend=None
     seconds, which moves a median of all calls as much, while the fastest round repeats to
     within 1% (measured here: 6 back-to-back probes, median-of-calls ratios 0.75-1.24,
     fastest-round ratios 1.00-1.01). About 2 s on a CPU."""
-    from hwnas.backends import get_backend
-    from hwnas.backends.base import model_key
     from hwnas.profile import pinned, settle, timed_visit
 
-    proto = dataclasses.replace(device.protocol, warmup=2, runs=10, rounds=8,
-                                min_time_ms=max(device.protocol.min_time_ms, 30.0))
-    backend = backend or get_backend(device, cache_dir)
-    items = [(op.build, device.input_shape(op.input_shape), model_key(f"probe|{op.key}", device))
-             for op in PROBES]
+    proto = _probe_protocol(device)
     with pinned(device.cpu_affinity, device.threads):
-        runners = backend.prepare_many(items)
+        runners = _prepare_probes(device, cache_dir, backend)
         settle(runners[0], proto)
         rounds: dict[str, list[float]] = {op.key: [] for op in PROBES}
         for _ in range(proto.rounds):  # interleaved, as the profiler does
@@ -83,6 +93,33 @@ def measure_probes(device, cache_dir: str | Path | None = None, backend=None
             runner.close()
     return {"ms": {k: min(v) for k, v in rounds.items()}, "statistic": "fastest round's median",
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+class ProbeClock:
+    """The probes, prepared once and timed one round at a time *between* the rounds of a
+    measurement: how fast this machine ran, against a table's stored probes, while it was
+    measured. The host runs at one speed for seconds and then at another 40-50% slower; a
+    measurement of a second lands in one or the other, and only probes timed beside it
+    can tell which (an export measured x1.59 its prediction while probes timed right after
+    it said x1.03). Call inside the measurement's ``pinned`` block."""
+
+    def __init__(self, device, stored: Mapping[str, Any], cache_dir=None, backend=None) -> None:
+        self.stored = stored
+        self.proto = _probe_protocol(device)
+        self.runners = _prepare_probes(device, cache_dir, backend)
+
+    def drift(self) -> float:
+        """One round of the probes: the median over them of now / stored. A round's median
+        is a little slower than the stored fastest round's (a few %, in calm phases)."""
+        from hwnas.profile import timed_visit
+
+        now = {op.key: float(np.median(timed_visit(runner, self.proto))) * 1e3
+               for op, runner in zip(PROBES, self.runners)}
+        return compare(self.stored, {"ms": now})[0]
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
 
 
 def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
@@ -177,5 +214,5 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
     return None, str(table_paths(device, lut_dir)[0])
 
 
-__all__ = ["Drift", "DriftError", "PROBES", "ScaledPredictor", "TOLERANCE", "check_drift",
+__all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "ScaledPredictor", "TOLERANCE", "check_drift",
            "compare", "measure_probes", "retime", "table_probes"]

@@ -8,7 +8,8 @@ Measurement protocol, the same on every backend:
    alike; each visit does ``warmup`` untimed calls then ``runs`` timed ones.
 3. **Summarise** each item by the median, p10/p90 and count of all its timed calls;
    a row whose spread ``(p90 - p10) / median`` exceeds ``max_spread`` is measured again
-   (up to ``max_retries`` times, same protocol) and the least noisy attempt is kept.
+   (up to ``max_retries`` times, ``max_retries_subnets`` for subnet tables, same protocol)
+   and the least noisy attempt is kept.
 
 Resumable: every visit's samples go to a journal (``<table>.journal.parquet``) that is
 rewritten atomically every two seconds; finished rows go to the table atomically.
@@ -394,7 +395,8 @@ class Profiler:
         best: dict[str, dict[str, Any]] = {}
         todo = [it.key for it in items]
         visit(todo[0], time_it=False)  # settle
-        for attempt in range(p.max_retries + 1):
+        retries = p.max_retries if self.kind == "ops" else p.max_retries_subnets
+        for attempt in range(retries + 1):
             if not todo:
                 break
             label = "time" if attempt == 0 else f"re-time (noisy, try {attempt})"
@@ -426,7 +428,7 @@ class Profiler:
         noisy = [k for k in best if best[k]["spread"] > p.max_spread]
         if noisy:
             result.notes.append(f"{len(noisy)} row(s) stayed above spread "
-                                f"{p.max_spread:g} after {p.max_retries} re-measurements")
+                                f"{p.max_spread:g} after {retries} re-measurements")
         by_key = {it.key: it for it in items}
         return [{**by_key[k].row, "batch": dev.batch, **best[k], "statistic": statistic[k],
                  "measured_at": pd.Timestamp.now(tz="UTC")} for k in by_key]
@@ -495,17 +497,32 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
     return ops_result, subnet_result
 
 
-def time_runner(runner, protocol) -> dict[str, float]:
+def time_runner(runner, protocol, clock=None) -> dict[str, float]:
     """Time one prepared model with the profiling protocol (``rounds`` of ``warmup`` +
     ``runs`` calls, summarised over all timed calls, re-measured while noisier than
-    ``max_spread``): what the profiler does for each row, for a single model file."""
+    ``max_spread``): what the profiler does for each row, for a single model file.
+
+    With ``clock`` (a :class:`hwnas.probe.ProbeClock`), the calibration probes are timed
+    after every round, and the result also holds ``drift`` (median over rounds of how
+    much slower the probes ran than the table recorded) and ``at_table_speed_ms`` (median
+    over rounds of the round's statistic divided by that round's drift): the latency the
+    table's machine speed would have given."""
     best: dict[str, float] | None = None
     settle(runner, protocol)
     for attempt in range(protocol.max_retries + 1):
-        samples = [timed_visit(runner, protocol) * 1e3 for _ in range(protocol.rounds)]
+        samples, drifts = [], []
+        for _ in range(protocol.rounds):
+            samples.append(timed_visit(runner, protocol) * 1e3)
+            if clock is not None:
+                drifts.append(clock.drift())
         stats = summarize(np.concatenate(samples), protocol.statistic)
         stats["attempts"] = attempt + 1
         stats["statistic"] = statistic_label(runner, protocol)
+        if drifts:
+            per_round = [summarize(s, protocol.statistic)["latency_ms"] / d
+                         for s, d in zip(samples, drifts)]
+            stats["drift"] = float(np.median(drifts))
+            stats["at_table_speed_ms"] = float(np.median(per_round))
         if best is None or stats["spread"] < best["spread"]:
             best = stats
         if best["spread"] <= protocol.max_spread:

@@ -110,6 +110,9 @@ class QuickstartResult:
                 f"measured {r['measured_ms']:.3f} ms"
             ratio = "" if r.get("measured/predicted") is None else \
                 f" (x{r['measured/predicted']:.2f})"
+            if r.get("at_table_speed/predicted") is not None:  # probes timed between rounds
+                ratio += (f"; at the table's speed x{r['at_table_speed/predicted']:.2f} (the "
+                          f"probes ran {r['probes_during']:.2f}x as long meanwhile)")
             drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
             if drift:  # the machine's speed moved since profiling (hwnas.probe)
                 pred += f" (scaled by {drift.group(1)}: the calibration probes drifted)"
@@ -336,7 +339,8 @@ def write_report(res: QuickstartResult, predictor_reports, search_result, manife
     """One static HTML file (images inlined, no scripts, no network). ``predictor_reports``:
     device -> its predictor report (held-out metrics of every kind)."""
     lat_rows = [[r["device"], r.get("file"), r.get("predicted_ms"), r.get("measured_ms"),
-                 r.get("measured/predicted"), r.get("predictor")] for r in res.latency]
+                 r.get("measured/predicted"), r.get("probes_during"),
+                 r.get("at_table_speed/predicted"), r.get("predictor")] for r in res.latency]
     pred_rows = [[device, k, v["n"], v["mape"], v["within_5pct"], v["within_10pct"],
                   v["kendall_tau"]]
                  for device, report in predictor_reports.items() for k, v in report.rows.items()]
@@ -362,8 +366,11 @@ def write_report(res: QuickstartResult, predictor_reports, search_result, manife
         f"(digits validation split, BN recalibrated), {res.macs / 1e6:.2f} MMACs, "
         f"{res.params / 1e6:.3f} M params, budget {res.budget_ms:.3f} ms.</p>",
         "<h2>Latency: predicted vs measured</h2>",
+        "<p>The calibration probes are timed between the measurement's rounds: <i>probes "
+        "during</i> is how much longer they ran than when the tables were measured, and the "
+        "last ratio divides that out of each round (the prediction's own terms).</p>",
         _table(["device", "file", "predicted ms", "measured ms", "measured/predicted",
-                "predictor"], lat_rows),
+                "probes during", "at table speed/predicted", "predictor"], lat_rows),
         "<h2>1. Profile and 2. predictors</h2>",
         _table(["device", "predictor", "held-out n", "MAPE", "within ±5%", "within ±10%",
                 "Kendall tau"], pred_rows),

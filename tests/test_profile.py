@@ -90,6 +90,32 @@ def test_each_visit_times_at_least_min_time_ms():
     assert stats.calls == [5]
 
 
+def test_time_runner_with_probes_between_rounds_reports_the_table_speed():
+    """The host runs 1.5x slower for three of five rounds; probes timed after each round
+    slow down alike, so the latency at the table's speed is the calm one."""
+    from hwnas.profile import time_runner
+
+    proto = dataclasses.replace(load_device("cpu-onnxruntime").protocol, warmup=0, runs=4,
+                                rounds=5, min_time_ms=0.0, settle_ms=0.0, max_retries=0)
+    phases = iter([1.5, 1.5, 1.5, 1.0, 1.0])
+    now = {"phase": 1.0}
+
+    def time_(n):
+        now["phase"] = next(phases)
+        return np.full(n, 2e-3 * now["phase"])
+
+    class ScriptedClock:  # the probes run at the phase of the round just timed
+        def drift(self):
+            return now["phase"]
+
+    stats = time_runner(Runner(run=lambda: None, time=time_), proto, ScriptedClock())
+    assert stats["latency_ms"] == pytest.approx(3.0)  # the raw median: the slow phase
+    assert stats["drift"] == pytest.approx(1.5)
+    assert stats["at_table_speed_ms"] == pytest.approx(2.0)
+    plain = time_runner(Runner(run=lambda: None, time=lambda n: np.full(n, 2e-3)), proto)
+    assert "drift" not in plain and plain["latency_ms"] == pytest.approx(2.0)
+
+
 def test_pinning_auto_takes_the_least_busy_usable_cores():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("needs Linux CPU affinity")
@@ -144,11 +170,11 @@ class FakeBackend:
         return Runner(run=lambda: None, time=time_)
 
 
-def _profiler(tmp_path, small, backend, **protocol):
+def _profiler(tmp_path, small, backend, kind="ops", **protocol):
     protocol = {"min_time_ms": 0.0, "settle_ms": 0.0, **protocol}  # fake clocks: calls counted
     dev = load_device("cpu-onnxruntime")
     dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol, **protocol))
-    prof = Profiler(dev, small, tmp_path / "t.parquet", "ops", tmp_path / "c", progress=False)
+    prof = Profiler(dev, small, tmp_path / "t.parquet", kind, tmp_path / "c", progress=False)
     prof.backend, prof.calibrate = backend, False  # fake clocks: no probes
     return prof
 
@@ -184,6 +210,25 @@ def test_noisy_rows_are_measured_again(tmp_path, small):
     assert row["attempts"] == 2 and row["spread"] < 0.1
     assert (res.table.set_index("key").drop(noisy)["attempts"] == 1).all()
     assert backend.visits.count(noisy) == 4 and backend.visits.count(items[0].key) == 2
+
+
+def test_subnet_rows_have_their_own_retries(tmp_path, small):
+    """cpu-tflite: noisy ops are not timed again (they stay noisy), noisy subnets are."""
+    from hwnas.profile import subnet_items
+
+    items = subnet_items(small.sample(4, seed=3), small)
+    noisy = items[1].key
+    backend = FakeBackend(noisy_first=[items[1].ident])  # what names the runner
+    res = _profiler(tmp_path, small, backend, kind="subnets", rounds=2, runs=5, max_retries=0,
+                    max_retries_subnets=2, max_spread=0.1).run(items)
+    row = res.table.set_index("key").loc[noisy]
+    assert row["attempts"] == 2 and row["spread"] < 0.1
+    op_rows = op_items(unique_ops(small, [32])[:2])
+    ops = _profiler(tmp_path / "o", small, FakeBackend(noisy_first=[op_rows[0].key]),
+                    rounds=2, runs=5, max_retries=0, max_retries_subnets=2,
+                    max_spread=0.1).run(op_rows)
+    row = ops.table.set_index("key").loc[op_rows[0].key]
+    assert row["attempts"] == 1 and row["spread"] > 0.1
 
 
 def test_resume_refuses_another_fingerprint(tmp_path, small):
