@@ -95,6 +95,7 @@ class QuickstartResult:
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = ""
     verify: dict[str, Any] | None = None             # the search's on-device checks
+    noise: dict[str, dict[str, float]] = field(default_factory=dict)  # device -> spreads
 
     def tables(self) -> list[Table]:
         """The chosen network and the files, as ``hwnas quickstart`` prints them."""
@@ -121,6 +122,13 @@ class QuickstartResult:
             chosen.rows.append([f"{device} predictor (held out)",
                                 f"{m['within_10pct']:.0%} of {m['n']} subnets within ±10%, "
                                 f"Kendall tau {m['kendall_tau']:.2f}"])
+        for device, n in self.noise.items():
+            text = (f"median spread (p90-p10)/median: ops {n['ops']:.2f}, subnets "
+                    f"{n['subnets']:.2f}")
+            if n["subnets"] > n["max_spread"]:  # most subnet rows noisy: the host was busy
+                text += (f"; above max_spread {n['max_spread']:g}: the host was noisy while "
+                         f"profiling, the figures above are less sure")
+            chosen.rows.append([f"{device} timing noise", text])
         if self.verify:
             chosen.rows.append(["search, measured on the CPU",
                                 f"{self.verify['measurements']} archs "
@@ -189,16 +197,21 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     from hwnas.profile import profile
 
     lut = out / "lut"
-    measured = {}
+    measured, noise = {}, {}
     for d in devices:
         n = cfg.subnets if d is dev else cfg.tflite_subnets
         ops_res, sub_res = profile(d, cfg.space, subnets=n, seed=cfg.seed, out_dir=lut,
                                    cache_dir=lut / ".cache", progress=progress)
         measured[d.name] = sub_res.table
+        noise[d.name] = {"ops": float(ops_res.table["spread"].median()),
+                         "subnets": float(sub_res.table["spread"].median()),
+                         "max_spread": d.protocol.max_spread}
         files.update({f"lut {d.name}": str(ops_res.path),
                       f"subnets {d.name}": str(sub_res.path)})
         console.print(f"{d.name}: {len(ops_res.table)} ops and {len(sub_res.table)} subnets "
                       f"measured ({ops_res.measured + sub_res.measured} now, the rest reused)")
+        for note in ops_res.notes + sub_res.notes:
+            console.print(f"note: {d.name}: {note}", style="yellow")
     secs["profile"] = time.perf_counter() - t
 
     # 2. predictors: the same kind for every device, judged on subnets it never saw
@@ -279,7 +292,7 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
                               int(eres.manifest["macs"]), int(eres.manifest["params"]), budget,
                               eres.manifest["latency"],
                               {k: r.rows["xgboost"] for k, r in reports.items()}, files, secs,
-                              dev.name, sres.verify)
+                              dev.name, sres.verify, noise)
     if tflite_problem:
         result.latency.append({"device": tfl.name, "file": "-", "measured_ms": None,
                                "predicted_ms": None, "predictor": tflite_problem})
@@ -372,6 +385,9 @@ def write_report(res: QuickstartResult, predictor_reports, search_result, manife
         _table(["device", "file", "predicted ms", "measured ms", "measured/predicted",
                 "probes during", "at table speed/predicted", "predictor"], lat_rows),
         "<h2>1. Profile and 2. predictors</h2>",
+        *[f"<p>{html.escape(d)}: median spread (p90-p10)/median of the timed calls: ops "
+          f"{n['ops']:.2f}, subnets {n['subnets']:.2f} (rows above {n['max_spread']:g} were "
+          f"timed again).</p>" for d, n in res.noise.items()],
         _table(["device", "predictor", "held-out n", "MAPE", "within ±5%", "within ±10%",
                 "Kendall tau"], pred_rows),
         *plots,

@@ -63,6 +63,7 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert cli.returncode == 0, cli.stderr[-3000:] + cli.stdout[-3000:]
     assert "the chosen network" in cli.stdout and "report" in cli.stdout
+    assert "cpu-onnxruntime timing noise" in cli.stdout  # how sure the figures are
     # the pointer onwards: the ImageNet chain on Once-for-All's supernet
     assert "hwnas ofa import-supernet" in cli.stdout and "--accuracy ofa-predictor:" in \
         cli.stdout and "hwnas evaluate" in cli.stdout
@@ -88,6 +89,9 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert len(confirmed) == 1 and next(iter(confirmed.values()))["measured_ms"] <= \
         res["budget_ms"]
     assert res["verify"]["measurements"] >= 1
+    for device in ("cpu-onnxruntime", "cpu-tflite"):
+        spreads = pd.read_parquet(out / "lut" / f"{device}.subnets.parquet")["spread"]
+        assert res["noise"][device]["subnets"] == pytest.approx(spreads.median())
     subs = pd.read_parquet(out / "lut" / "cpu-onnxruntime.subnets.parquet")
     assert len(subs) == 12
     assert subs["latency_ms"].min() <= res["budget_ms"] <= subs["latency_ms"].max()
