@@ -140,6 +140,24 @@ def test_same_seed_same_search_and_resume_continues(small, predictor, tmp_path):
     assert all(res.best[b]["key"] == full.best[b]["key"] for b in res.best)
 
 
+def test_a_resumed_search_replays_its_recorded_latencies(small, predictor, tmp_path):
+    """Resumed after the machine drifted (--allow-drift scales every prediction by 0.7), a
+    finished search replays its trajectory from the archive: no arch is evaluated anew and
+    the winners stay, although the budgets now cut the scaled predictions elsewhere."""
+    from hwnas.probe import Drift, ScaledPredictor
+
+    first = run(small, predictor, tmp_path, "nsga2", evaluations=80)
+    faster = ScaledPredictor(predictor, Drift(0.7, "scaled for the test", scaled=True))
+    asked = []
+    acc = toy_accuracy(small)
+    again = search(None, tmp_path / "nsga2", resume=True, predictors={DEV: faster},
+                   accuracy=lambda archs: asked.append(len(archs)) or acc(archs),
+                   progress=False)
+    assert not asked and list(again.archive["key"]) == list(first.archive["key"])
+    assert {b: r["key"] for b, r in again.best.items()} == \
+        {b: r["key"] for b, r in first.best.items()}
+
+
 def test_bad_input_is_refused_before_work(small, predictor, lut_dir, tmp_path):
     with pytest.raises(SearchError, match="unknown objective 'speed'"):
         parse_objectives("acc,speed")

@@ -46,6 +46,7 @@ class Evaluator:
         self.generation = 0
         self.calls = 0  # accuracy answered by the accuracy source (not the archive)
         self.verifier = None  # measures near-budget candidates (hwnas.search.verify)
+        self._recorded: dict[str, dict] | None = None  # a resumed run's archived values
 
     @property
     def count(self) -> int:
@@ -66,7 +67,29 @@ class Evaluator:
             out["macs"], out["params"] = counts[:, 0].astype(float), counts[:, 1].astype(float)
         if self.verifier is not None:
             out[f"latency:{self.budget_device}:measured"] = self.verifier.is_measured(X)
+        self._replay(X, out)
         return out
+
+    def _replay(self, X: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        """A resumed run answers the archs its archive holds with the values recorded then,
+        not predictions made now: the predictors may since have been scaled for another
+        drift of the machine (``--allow-drift``), which would move the budget's boundary and
+        send the replayed trajectory elsewhere (new archs evaluated, another winner)."""
+        if self._recorded is None:
+            prev = self.archive.previous
+            self._recorded = {} if prev is None or not len(prev) else {
+                key: row for key, row in zip(prev["key"], prev.to_dict("records"))}
+        if not self._recorded:
+            return
+        measured = f"latency:{self.budget_device}:measured"
+        for i, x in enumerate(np.asarray(X, dtype=np.int64)):
+            row = self._recorded.get(self.space.decode(x).key)
+            if row is None or row.get(measured) in (True, np.True_):
+                continue  # a measured row was overwritten: the verifier replays its store
+            for name, values in out.items():
+                value = row.get(name)
+                if value is not None and not (isinstance(value, float) and np.isnan(value)):
+                    values[i] = value
 
     def feasible(self, cheap: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         if self.budget_ms is None:
