@@ -734,8 +734,7 @@ def device_predictor(device: str, space: SearchSpace | None = None,
         raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
-    _check_statistic(device, op_path, sub_path)
-    how += "".join(f"; {note}" for note in _mixed_speed_notes(op_path, sub_path))
+    how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path))
     if check_drift:
         from hwnas.probe import ScaledPredictor
         from hwnas.probe import check_drift as drift_of
@@ -753,9 +752,11 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     return pred, how
 
 
-def _check_statistic(device: str, *paths: Path) -> None:
+def _check_tables(device: str, *paths: Path) -> list[str]:
     """A device's tables must hold the statistic its protocol measures now (what search
-    verification and export measurement compare the predictions with)."""
+    verification and export measurement compare the predictions with). Returns what a
+    description of predictions from them must say: which tables were resumed across a
+    drift of the machine (``profile --allow-drift``), their rows mixing speeds."""
     from hwnas.devices import load_device
     from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_statistic
@@ -763,30 +764,23 @@ def _check_statistic(device: str, *paths: Path) -> None:
     try:
         want = load_device(device).protocol.statistic
     except DeviceError:
-        return  # tables of a device with no file here (imported ones)
-    for path, kind in zip(paths, ("ops", "subnets")):
-        if path.exists():
-            have = table_statistic(read_table(path, kind)[1])
-            if have != want:
-                raise PredictorError(f"latency:{device}: {path} holds the {have} of its timed "
-                                     f"calls, but the device's protocol now measures the {want}; "
-                                     f"profile it again ('hwnas profile --device {device}') "
-                                     f"into another --out folder")
-
-
-def _mixed_speed_notes(*paths: Path) -> list[str]:
-    """Say which tables were resumed across a drift of the machine (``profile
-    --allow-drift``): their rows mix two speeds."""
-    from hwnas.lut import read_table
-
+        want = None  # tables of a device with no file here (imported ones)
     notes = []
     for path, kind in zip(paths, ("ops", "subnets")):
-        if path.exists():
-            drifts = read_table(path, kind)[1].get("resumed_across_drift") or []
-            if drifts:
-                ratios = ", ".join(f"{d['ratio']:.2f}x" for d in drifts)
-                notes.append(f"{path} was resumed across a drift of the machine ({ratios}): "
-                             f"its rows mix speeds")
+        if not path.exists():
+            continue
+        meta = read_table(path, kind)[1]
+        have = table_statistic(meta)
+        if want is not None and have != want:
+            raise PredictorError(f"latency:{device}: {path} holds the {have} of its timed "
+                                 f"calls, but the device's protocol now measures the {want}; "
+                                 f"profile it again ('hwnas profile --device {device}') "
+                                 f"into another --out folder")
+        drifts = meta.get("resumed_across_drift") or []
+        if drifts:
+            ratios = ", ".join(f"{d['ratio']:.2f}x" for d in drifts)
+            notes.append(f"{path} was resumed across a drift of the machine ({ratios}): "
+                         f"its rows mix speeds")
     return notes
 
 
