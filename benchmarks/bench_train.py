@@ -183,8 +183,9 @@ def train_standalone(net, train, arch, epochs: int, seed: int) -> None:
             sched.step()
 
 
-def spanning_subnets(space, n: int, seed: int) -> list:
-    """``n`` archs whose MACs are log-spaced from the smallest arch's to the largest's.
+def spanning_subnets(space, n: int, seed: int, exclude=()) -> list:
+    """``n`` archs whose MACs are log-spaced from the smallest arch's to the largest's
+    (none of ``exclude``, archs already chosen, so that a ground truth grows by adding).
 
     Uniform sampling crowds the middle of the MAC range (its 400-sample quantiles cover
     1.1-6.9 M of the small space's 0.79-10 M), where the subnets are nearly alike. A
@@ -202,10 +203,12 @@ def spanning_subnets(space, n: int, seed: int) -> list:
             pool.setdefault(a.key, a)
     archs = list(pool.values())
     macs = count_batch(archs, space)[:, 0].astype(float)
-    chosen: list[int] = []
+    taken = {a.key for a in exclude}
+    chosen: list[int] = [i for i, a in enumerate(archs) if a.key in taken]
     for target in np.geomspace(macs.min(), macs.max(), n):
         nearest = np.argsort(np.abs(np.log(macs / target)))
         chosen.append(next(int(i) for i in nearest if i not in chosen))
+    chosen = [i for i in chosen if archs[i].key not in taken]
     return [archs[i] for i in sorted(chosen, key=lambda i: macs[i])]
 
 

@@ -220,16 +220,27 @@ def train_cmd(
                                             "or min (BigNAS)"),
     augment: bool = typer.Option(True, help="distort training batches with the data set's "
                                  "augmentation (shift/flip; digits-hard: its distortion)"),
+    method: str = typer.Option("sandwich", help="training method: sandwich (BigNAS), fairnas, "
+                               "attentive (AttentiveNAS), pinas (Pi-NAS) or dna (DNA)"),
+    teacher: Optional[Path] = typer.Option(None, help="dna: supernet checkpoint whose "
+                                           "largest subnet teaches"),
+    candidates: int = typer.Option(3, min=1, help="attentive: archs rated per random subnet"),
+    pareto: str = typer.Option("best", help="attentive: train the best or worst of them"),
+    ema_decay: float = typer.Option(0.99, help="pinas: mean teacher decay per step"),
+    consistency: float = typer.Option(1.0, help="pinas: weight of the cross-path loss"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
 ) -> None:
-    """Train a supernet (sandwich rule + in-place distillation); runs under torchrun too."""
+    """Train a supernet (by default the sandwich rule with in-place distillation); runs
+    under torchrun too."""
     from hwnas.train import TrainConfig, train_from_data
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
                       label_smoothing=label_smoothing, n_random=n_random, distill=distill,
                       progressive=progressive, augment=augment,
-                      smallest_resolution=smallest_resolution, seed=seed)
+                      smallest_resolution=smallest_resolution, seed=seed, method=method,
+                      teacher=str(teacher) if teacher else None, candidates=candidates,
+                      pareto=pareto, ema_decay=ema_decay, consistency=consistency)
     res = train_from_data(space, data, cfg, out, threads)
     if res.accuracy:  # rank 0 under torchrun
         console.print(res.summary())
@@ -263,7 +274,9 @@ def search_cmd(
                                              "(default lut/<device>.predictor.json)"),
     accuracy: Optional[str] = typer.Option(None, help="instead of a checkpoint: a named "
                                            "accuracy source, ofa-predictor:PATH (Once-for-"
-                                           "All's ImageNet predictor; no data needed)"),
+                                           "All's ImageNet predictor; no data needed), "
+                                           "bn:CKPT (BN-NAS's BN-γ indicator of a supernet) "
+                                           "or dna:CKPT (block losses of a DNA supernet)"),
     nat_initial: int = typer.Option(40, min=4, help="nat: archive size before iterating"),
     nat_per_iteration: int = typer.Option(10, min=1, help="nat: evaluations per iteration"),
     nat_adapt_steps: int = typer.Option(0, min=0, help="nat: supernet steps per iteration"),

@@ -173,11 +173,31 @@ class Supernet(nn.Module):
         return arch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first(self.stem(x))
-        for stage, depth in zip(self.stages, self.active_arch.d):
-            for block in stage[:depth]:
-                x = block(x)
+        x = self.run_stem(x)
+        for s in range(len(self.stages)):
+            x = self.run_stage(s, x)
+        return self.run_head(x)
+
+    # The forward pass in pieces, for methods that train or rate stage by stage (DNA).
+    def run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first(self.stem(x))
+
+    def run_stage(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``s`` of the active subnet (its active depth) on ``x``."""
+        for block in self.stages[s][:self.active_arch.d[s]]:
+            x = block(x)
+        return x
+
+    def run_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.feature_mix(self.final_expand(x)))
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The active subnet's features at every stage boundary: the stages' input first,
+        then each stage's output."""
+        feats = [self.run_stem(x)]
+        for s in range(len(self.stages)):
+            feats.append(self.run_stage(s, feats[-1]))
+        return feats
 
     @torch.no_grad()
     def subnet(self, arch: Arch | dict | None = None) -> nn.Sequential:

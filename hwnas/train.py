@@ -1,11 +1,12 @@
-"""Supernet training: the sandwich rule with in-place distillation (BigNAS/AttentiveNAS).
+"""Supernet training: the loop every method shares, and its checkpoints.
 
-Each step trains the largest subnet on the labels (label smoothing), then the smallest (at
-a resolution drawn per step, see :func:`sandwich_archs`) and ``n_random`` random subnets on
-the largest's soft predictions, accumulating gradients, then takes one optimiser step (SGD
-with Nesterov momentum, cosine schedule). Batches are distorted by the training set's
-augmentation (``Dataset.augment``), drawn afresh each time. Optional progressive shrinking
-(OFA) opens the elastic dimensions one after another: kernel, then depth, then expand
+What one step trains is the method's (:mod:`hwnas.methods`, ``--method``): by default the
+sandwich rule with in-place distillation (BigNAS/AttentiveNAS): the largest subnet on the
+labels, the smallest and ``n_random`` random ones on its soft predictions; or FairNAS,
+AttentiveNAS, Pi-NAS or DNA. The loop owns the rest: SGD with Nesterov momentum and a
+cosine schedule, batches distorted by the training set's augmentation
+(``Dataset.augment``), drawn afresh each time, and optional progressive shrinking (OFA)
+that opens the elastic dimensions one after another: kernel, then depth, then expand
 ratio. Each subnet sees the batch at its own resolution.
 
 Checkpoints are written at the end of every epoch (atomically) and hold the weights, the
@@ -37,6 +38,8 @@ from hwnas.errors import HwnasError, check_settings
 from hwnas.display import progress as progress_bar
 from hwnas.files import atomic_torch_save, load_tensors
 from hwnas.space import Arch, SearchSpace, get_space
+from hwnas.methods import METHODS
+from hwnas.methods.sandwich import phase_of, sandwich_archs  # noqa: F401  (re-exported)
 from hwnas.supernet import Supernet
 
 CHECKPOINT_FORMAT = 1
@@ -47,6 +50,7 @@ class TrainError(HwnasError, ValueError):
 
 
 SMALLEST_RESOLUTIONS = ("random", "min")
+PARETO = ("best", "worst")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ class TrainConfig:
     progressive: bool = False         # OFA's progressive shrinking
     warmup_epochs: int = 1
     seed: int = 0
+    method: str = "sandwich"          # see hwnas.methods.METHODS
+    teacher: str | None = None        # dna: a supernet checkpoint whose largest subnet teaches
+    candidates: int = 3               # attentive: archs rated per random subnet
+    pareto: str = "best"              # attentive: train the best or the worst of them
+    ema_decay: float = 0.99           # pinas: the mean teacher's decay per step
+    consistency: float = 1.0          # pinas: weight of the cross-path loss
 
     def __post_init__(self) -> None:
         check_settings([
@@ -76,8 +86,19 @@ class TrainConfig:
             ("n_random", self.n_random >= 0, ">= 0"),
             ("smallest_resolution", self.smallest_resolution in SMALLEST_RESOLUTIONS,
              " or ".join(SMALLEST_RESOLUTIONS)),
-            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]")],
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]"),
+            ("method", self.method in _methods(), " or ".join(_methods())),
+            ("teacher", self.teacher is None or self.method == "dna",
+             "only with method dna"),
+            ("candidates", self.candidates >= 1, ">= 1"),
+            ("pareto", self.pareto in PARETO, " or ".join(PARETO)),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("consistency", self.consistency >= 0, ">= 0")],
             TrainError, "training setting", self)
+
+
+def _methods() -> tuple[str, ...]:
+    return tuple(METHODS)
 
 
 @dataclass
@@ -108,44 +129,10 @@ def init_distributed() -> tuple[int, int]:
     return _world()
 
 
-def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
-                   phase: str = "all", smallest_resolution: str = "random") -> list[Arch]:
-    """Largest, smallest and ``n_random`` random archs, restricted to the elastic
-    dimensions open in ``phase`` (kernel, depth, all).
-
-    With ``smallest_resolution="random"`` the smallest arch takes a resolution drawn per
-    step instead of the smallest one (``"min"``: BigNAS). Trained every step in one fixed
-    context, the smallest subnet's weights specialise to it and the supernet rates it
-    above its neighbours (on digits-hard, above three of the four next-larger subnets of
-    the ranking benchmark, which stand-alone training ranks above it); a drawn resolution
-    spreads that training over the contexts the smaller subnets share. Kendall tau against
-    the mean of three stand-alone runs rose from 0.56 to 0.64-0.82 (three seeds)."""
-    big = space.largest()
-    small = space.smallest()
-    archs = [space.sample(1, rng)[0] for _ in range(n_random)]
-    if smallest_resolution == "random":
-        r = space.resolutions[int(rng.integers(len(space.resolutions)))]
-        small = space.arch(r=r, d=small.d, k=small.k, e=small.e)
-    if phase != "all":
-        def restrict(a: Arch) -> Arch:  # closed dimensions stay at their largest
-            return space.arch(r=a.r, d=a.d if phase == "depth" else big.d, k=a.k, e=big.e)
-
-        small = restrict(small)
-        archs = [restrict(a) for a in archs]
-    return [big, small] + archs
-
-
 def seeded(*key: int) -> torch.Generator:
     """A torch generator seeded from a tuple of ints (seed, epoch, rank, ...)."""
     return torch.Generator().manual_seed(
         int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0]))
-
-
-def phase_of(epoch: int, cfg: TrainConfig) -> str:
-    if not cfg.progressive:
-        return "all"
-    third = cfg.epochs / 3
-    return "kernel" if epoch < third else "depth" if epoch < 2 * third else "all"
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -158,12 +145,20 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 
 def save_checkpoint(path: Path, net: Supernet, opt, epoch: int, cfg: TrainConfig,
-                    history: list) -> Path:
+                    history: list, method=None) -> Path:
+    """Everything a resume needs; with a method's own state (``method_state``) and the
+    weights it rates subnets with where those are not the trained ones (``rating_model``,
+    which :func:`load_supernet` prefers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": net.state_dict(),
              "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg),
              "space": net.space.to_dict(), "space_id": net.space.id,
              "torch_rng": torch.get_rng_state(), "history": history}
+    if method is not None:
+        if extra := method.state_dict():
+            state["method_state"] = extra
+        if (rating := method.rating_weights(net)) is not None:
+            state["rating_model"] = rating
     return atomic_torch_save(state, path)
 
 
@@ -193,11 +188,12 @@ def load_checkpoint(path: str | Path, space: SearchSpace | None = None,
 
 def load_supernet(path: str | Path, space: SearchSpace | None = None) -> Supernet:
     """A supernet with the weights of a checkpoint, in ``space`` (any resolutions of the
-    checkpoint's space; by default its own)."""
+    checkpoint's space; by default its own): the weights its method rates subnets with
+    (Pi-NAS: the mean teacher), which are the trained ones for most methods."""
     state = load_checkpoint(path, space)
     net = Supernet(space or SearchSpace.from_dict(state["space"]))
     try:
-        net.load_state_dict(state["model"])
+        net.load_state_dict(state.get("rating_model", state["model"]))
     except RuntimeError as exc:
         raise TrainError(f"{path}: its weights do not fit the supernet: "
                          f"{' '.join(str(exc).split())[:300]}") from None
@@ -236,15 +232,19 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                           momentum=cfg.momentum, nesterov=True)
+    method = METHODS[cfg.method](space, cfg, net)
     start, history = 0, []
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, space, exact=True)
-        if state["config"] != dataclasses.asdict(cfg):
-            diff = {k: (state["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                    if state["config"].get(k) != v}
+        # settings added since the checkpoint was written take their defaults
+        stored = {**dataclasses.asdict(TrainConfig()), **state["config"]}
+        if stored != dataclasses.asdict(cfg):
+            diff = {k: (stored.get(k), v) for k, v in dataclasses.asdict(cfg).items()
+                    if stored.get(k) != v}
             raise TrainError(f"{ckpt} was trained with other settings {diff}; use another "
                              f"--out or the same settings to resume")
         net.load_state_dict(state["model"])
+        method.load_state_dict(state.get("method_state", {}))
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start, history = state["epoch"] + 1, list(state["history"])
@@ -265,23 +265,11 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                     group["lr"] = lr_at(global_step, steps_per_epoch, cfg)
                 rng = np.random.default_rng([cfg.seed, epoch, step])
                 opt.zero_grad(set_to_none=True)
-                soft = None
-                for i, arch in enumerate(sandwich_archs(space, cfg.n_random, rng,
-                                                        phase_of(epoch, cfg),
-                                                        cfg.smallest_resolution)):
-                    net.set_active(arch)
-                    logits = net(model_input(x, arch.r))
-                    if i == 0 or not cfg.distill:
-                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                        if i == 0:
-                            soft = F.softmax(logits.detach(), dim=1)
-                            loss_sum += float(loss.detach())
-                    else:
-                        loss = F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean")
-                    loss.backward()
+                loss_sum += method.step(net, x, y, rng, epoch)
                 _sync_grads(net, world)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
+                method.after_step(net)
                 seen += len(y) * world
                 nb += 1
                 steps += 1
@@ -293,7 +281,7 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
             history.append({"epoch": epoch, "loss": loss_sum / max(nb, 1),
                             "images_per_s": seen / (time.perf_counter() - t0)})
             if rank == 0:
-                save_checkpoint(ckpt, net, opt, epoch, cfg, history)
+                save_checkpoint(ckpt, net, opt, epoch, cfg, history, method)
             if world > 1:
                 dist.barrier()
             if max_steps is not None and steps >= max_steps:

@@ -15,7 +15,9 @@ from hwnas.errors import HwnasError, check_settings
 
 OBJECTIVE_KINDS = ("acc", "latency", "params", "macs")
 # Accuracy sources named by ``--accuracy KIND:PATH``.
-ACCURACY_SOURCES = ("ofa-predictor",)
+ACCURACY_SOURCES = ("ofa-predictor", "bn", "dna")
+# sources whose values rate subnets (higher is better) without being top-1
+RATINGS = {"bn": "BN-γ indicator", "dna": "minus DNA block loss"}
 SURROGATES = ("rbf", "xgboost")
 VERIFY = ("auto", "on", "off")
 
@@ -145,6 +147,15 @@ class SearchConfig:
         if self.algorithm == "nat" and "acc" not in names:
             raise SearchError("nat searches with an accuracy surrogate: add 'acc' to the "
                               "objectives")
+
+    @property
+    def accuracy_label(self) -> str:
+        """What the ``acc`` values are: top-1, or a rating named by its source."""
+        kind = (self.accuracy or "").partition(":")[0]
+        return RATINGS.get(kind, "top-1 accuracy")
+
+    def format_acc(self, value: float) -> str:
+        return f"{value:.2%}" if self.accuracy_label == "top-1 accuracy" else f"{value:.4g}"
 
     @classmethod
     def from_flags(cls, device: str | None = None, objectives: str = "acc,latency",

@@ -194,17 +194,31 @@ class SupernetAccuracy:
         adapt_supernet(self.net, archs, self.train, steps, seed=seed)
 
 
-def named_accuracy(spec: str, space: SearchSpace, resolutions: Sequence[int]) -> AccuracyFn:
+def named_accuracy(spec: str, space: SearchSpace, resolutions: Sequence[int],
+                   data: str = "digits", seed: int = 0) -> AccuracyFn:
     """An accuracy source from ``--accuracy``: ``ofa-predictor:PATH`` is Once-for-All's
-    ImageNet accuracy predictor (no checkpoint, no data needed); checked against the
-    resolutions the search may visit."""
+    ImageNet accuracy predictor (no checkpoint, no data needed; checked against the
+    resolutions the search may visit); ``bn:CKPT`` BN-NAS's BN-γ indicator of a supernet
+    (no data); ``dna:CKPT`` the block losses of a supernet trained with DNA, on the
+    validation images of ``data``."""
     from hwnas.ofa import OfaAccuracyPredictor, OfaError
+    from hwnas.train import TrainError
 
     kind, _, path = spec.partition(":")
     try:
+        if kind == "bn":
+            from hwnas.methods.bnnas import BnIndicator
+
+            return BnIndicator(path, space)
+        if kind == "dna":
+            from hwnas.data import load_dataset
+            from hwnas.methods.dna import DnaRating
+
+            _, val = load_dataset(data, max(space.resolutions), seed)
+            return DnaRating(path, space, val)
         source = OfaAccuracyPredictor(path, space)
         source.check_resolutions(resolutions)
-    except OfaError as exc:
+    except (OfaError, TrainError) as exc:
         raise SearchError(f"--accuracy {kind}: {exc}") from None
     return source
 
@@ -214,7 +228,7 @@ def accuracy_source(cfg: SearchConfig, space: SearchSpace, resolutions: Sequence
     """The accuracy source ``cfg`` names: ``--accuracy``, a checkpoint or an accuracy
     table (checked before any work)."""
     if cfg.accuracy:
-        return named_accuracy(cfg.accuracy, space, resolutions)
+        return named_accuracy(cfg.accuracy, space, resolutions, cfg.data, cfg.seed)
     if cfg.checkpoint:
         return SupernetAccuracy(cfg.checkpoint, space, cfg.data, cfg.calib_batches, cfg.seed)
     if cfg.accuracy_table:

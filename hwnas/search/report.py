@@ -99,7 +99,7 @@ class SearchResult:
         space = get_space(cfg.space)
         for b, row in self.best.items():
             c = count(space.arch(json.loads(row["arch"])), space)
-            acc = f"{row['acc']:.2%}" if "acc" in cfg.objectives else "-"
+            acc = cfg.format_acc(row["acc"]) if "acc" in cfg.objectives else "-"
             table.rows.append([f"{b:g} ms" if b else "-", row["name"], acc,
                                *[f"{row[k]:.3f} ms" + (" (measured)" if row.get(
                                    k + ":measured") else "") for k in lat],
@@ -176,7 +176,7 @@ def finish(cfg: SearchConfig, evaluator: Evaluator, out: Path,
 def describe_best(row: Mapping[str, Any], cfg: SearchConfig) -> str:
     """A best row in a few characters (for the progress bar)."""
     if "acc" in cfg.objectives:
-        return f"{row['acc']:.1%}"
+        return cfg.format_acc(row["acc"])
     first = cfg.objectives[0]
     return f"{first}={row[first]:.4g}"
 
@@ -212,7 +212,7 @@ def plot_run(out: Path, cfg: SearchConfig, df: pd.DataFrame, front: pd.DataFrame
             ax.axvline(b, color="tab:red", ls="--", lw=0.8)
         ax.plot(row[col(x_obj)], row[col(y_obj)], "*", color="tab:red", ms=12)
     ax.set_xlabel(x_obj.name + (" (ms, predicted)" if x_obj.kind == "latency" else ""))
-    ax.set_ylabel("top-1 accuracy" if y_obj.kind == "acc" else y_obj.name)
+    ax.set_ylabel(cfg.accuracy_label if y_obj.kind == "acc" else y_obj.name)
     ax.set_title(f"{cfg.algorithm} on {cfg.space}: front and best per budget")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

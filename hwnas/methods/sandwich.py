@@ -1,0 +1,72 @@
+"""The sandwich rule with in-place distillation (BigNAS, Yu et al. 2020; AttentiveNAS).
+
+Each step trains the largest subnet on the labels, then the smallest (at a resolution
+drawn per step, see :func:`sandwich_archs`) and ``n_random`` random subnets on the
+largest's soft predictions, accumulating gradients for one optimiser step. hwnas's default
+method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+
+from hwnas.data import model_input
+from hwnas.methods.base import TrainingMethod, distill_loss, label_loss
+from hwnas.space import Arch, SearchSpace
+
+
+def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
+                   phase: str = "all", smallest_resolution: str = "random") -> list[Arch]:
+    """Largest, smallest and ``n_random`` random archs, restricted to the elastic
+    dimensions open in ``phase`` (kernel, depth, all).
+
+    With ``smallest_resolution="random"`` the smallest arch takes a resolution drawn per
+    step instead of the smallest one (``"min"``: BigNAS). Trained every step in one fixed
+    context, the smallest subnet's weights specialise to it and the supernet rates it
+    above its neighbours (on digits-hard, above three of the four next-larger subnets of
+    the ranking benchmark, which stand-alone training ranks above it); a drawn resolution
+    spreads that training over the contexts the smaller subnets share. Kendall tau against
+    the mean of three stand-alone runs rose from 0.56 to 0.64-0.82 (three seeds)."""
+    big = space.largest()
+    small = space.smallest()
+    archs = [space.sample(1, rng)[0] for _ in range(n_random)]
+    if smallest_resolution == "random":
+        r = space.resolutions[int(rng.integers(len(space.resolutions)))]
+        small = space.arch(r=r, d=small.d, k=small.k, e=small.e)
+    if phase != "all":
+        def restrict(a: Arch) -> Arch:  # closed dimensions stay at their largest
+            return space.arch(r=a.r, d=a.d if phase == "depth" else big.d, k=a.k, e=big.e)
+
+        small = restrict(small)
+        archs = [restrict(a) for a in archs]
+    return [big, small] + archs
+
+
+def phase_of(epoch: int, cfg) -> str:
+    """OFA's progressive shrinking: kernel, then depth, then every dimension."""
+    if not cfg.progressive:
+        return "all"
+    third = cfg.epochs / 3
+    return "kernel" if epoch < third else "depth" if epoch < 2 * third else "all"
+
+
+class Sandwich(TrainingMethod):
+    name = "sandwich"
+
+    def archs(self, rng: np.random.Generator, epoch: int) -> list[Arch]:
+        return sandwich_archs(self.space, self.cfg.n_random, rng, phase_of(epoch, self.cfg),
+                              self.cfg.smallest_resolution)
+
+    def step(self, net, x, y, rng, epoch) -> float:
+        shown, soft = 0.0, None
+        for i, arch in enumerate(self.archs(rng, epoch)):
+            if i == 0 or not self.cfg.distill:
+                loss, logits = label_loss(net, arch, x, y, self.cfg)
+                if i == 0:
+                    soft, shown = F.softmax(logits.detach(), dim=1), float(loss.detach())
+            else:
+                net.set_active(arch)
+                loss = distill_loss(net(model_input(x, arch.r)), soft)
+            loss.backward()
+        return shown
