@@ -186,7 +186,8 @@ def run_methods(args, space, picks, data_key, epochs: dict[str, int], methods) -
     def job(method, seed, teacher=None):
         cfg = dataclasses.asdict(train_config(method, seed, epochs[method], teacher))
         return (space.to_dict(), [a.to_dict() for a in picks], data_key, cfg,
-                str(args.work / f"{method}-seed{seed}"), args.calib_batches)
+                str(args.work / f"budget-{args.budget_s:g}s" / f"{method}-seed{seed}"),
+                args.calib_batches)
 
     seeds = [args.seed + i for i in range(args.seeds)]
     order = [(m, s) for m in methods if m != "dna" for s in seeds]
@@ -224,14 +225,17 @@ def top5_overlap(rating: np.ndarray, truth: np.ndarray) -> float:
 
 
 def regret(rating: np.ndarray, truth: np.ndarray, macs: np.ndarray, budget: float) -> float:
-    """True top-1 lost (points) by taking the best-rated subnet within ``budget`` MACs."""
+    """True top-1 lost (points) by taking the best-rated subnet within ``budget`` MACs
+    (nan if none fits, as in a bootstrap resample that drew no small subnet)."""
     ok = np.flatnonzero(macs <= budget)
+    if not len(ok):
+        return float("nan")
     pick = ok[int(np.argmax(rating[ok]))]
     return float(100 * (truth[ok].max() - truth[pick]))
 
 
 def interval(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
 
 
 def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray,
@@ -241,25 +245,32 @@ def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray
     rng = np.random.default_rng(seed)
     n = len(truth)
     resamples = [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]
-
-    def mean_tau(r: np.ndarray, idx=slice(None)) -> float:  # r: seeds x subnets
-        return float(np.nanmean([kendall(row[idx], truth[idx]) for row in r]))
-
-    boot = {m: np.array([mean_tau(r, i) for i in resamples]) for m, r in ratings.items()}
     budgets = np.quantile(macs, [0.25, 0.5, 0.75])
-    rows = []
+    metrics = {"tau": lambda r, t, _: kendall(r, t),
+               "top-5 overlap": lambda r, t, _: top5_overlap(r, t),
+               **{f"regret @ MACs p{q} (points)": functools.partial(
+                   lambda r, t, m, b: regret(r, t, m, b), b=b)
+                  for q, b in zip((25, 50, 75), budgets)}}
+
+    def mean_over_seeds(fn, r: np.ndarray, idx) -> float:  # r: seeds x subnets
+        return float(np.nanmean([fn(row[idx], truth[idx], macs[idx]) for row in r]))
+
+    everything = np.arange(n)
+    rows, boot = [], {}
     for m, r in ratings.items():
-        row = {"method": m, "tau": mean_tau(r), "tau 95% interval": interval(boot[m]),
-               "tau per seed": [kendall(row, truth) for row in r],
-               "top-5 overlap": float(np.mean([top5_overlap(row, truth) for row in r]))}
-        for q, b in zip((25, 50, 75), budgets):
-            row[f"regret @ MACs p{q} (points)"] = float(np.mean(
-                [regret(x, truth, macs, b) for x in r]))
-        if "sandwich" in boot and m != "sandwich":
-            diff = boot[m] - boot["sandwich"]
-            row["tau - sandwich"] = row["tau"] - mean_tau(ratings["sandwich"])
-            row["tau - sandwich 95% interval"] = interval(diff)
+        row = {"method": m}
+        for name, fn in metrics.items():
+            row[name] = mean_over_seeds(fn, r, everything)
+            boot[m, name] = np.array([mean_over_seeds(fn, r, i) for i in resamples])
+            row[f"{name} 95% interval"] = interval(boot[m, name])
+        row["tau per seed"] = [kendall(x, truth) for x in r]
         rows.append(row)
+    for row in rows:
+        if "sandwich" in ratings and row["method"] != "sandwich":
+            sandwich = next(x for x in rows if x["method"] == "sandwich")
+            row["tau - sandwich"] = row["tau"] - sandwich["tau"]
+            row["tau - sandwich 95% interval"] = interval(
+                boot[row["method"], "tau"] - boot["sandwich", "tau"])
     pairs = [(i, j) for i in range(by_seed.shape[1]) for j in range(i)]
     seed_tau = float(np.mean([kendall(by_seed[:, i], by_seed[:, j]) for i, j in pairs]))
     seed_boot = np.array([np.mean([kendall(by_seed[idx, i], by_seed[idx, j])
@@ -326,9 +337,14 @@ def run(args):
     macs = count_batch(picks, space)[:, 0].astype(float)
     tr, _ = datasets(*data_key)
     steps_per_epoch = len(range(0, len(tr), 64))
-    cost = seconds_per_step(space, data_key)
-    epochs = {m: max(1, round(args.budget_s / (cost[m] * steps_per_epoch))) for m in METHODS}
     args.work.mkdir(parents=True, exist_ok=True)
+    # timed once per work folder: a resumed benchmark keeps its runs' epochs
+    timing = args.work / "seconds_per_step.json"
+    cost = json.loads(timing.read_text()) if timing.exists() else {}
+    if sorted(cost) != sorted(METHODS):
+        cost = seconds_per_step(space, data_key)
+        timing.write_text(json.dumps(cost))
+    epochs = {m: max(1, round(args.budget_s / (cost[m] * steps_per_epoch))) for m in METHODS}
     runs = run_methods(args, space, picks, data_key, epochs, methods)
     ratings = {m: np.array([r["rating"] for r in sorted(runs, key=lambda r: r["seed"])
                             if r["method"] == m]) for m in methods}
@@ -354,9 +370,11 @@ def run(args):
                                  f"[{r['tau - sandwich 95% interval'][0]:+.2f}, "
                                  f"{r['tau - sandwich 95% interval'][1]:+.2f}]"
                                  if "tau - sandwich" in r else "-"),
-              "top-5": r["top-5 overlap"],
-              "regret p25/p50/p75 (points)": " / ".join(
-                  f"{r[k]:.2f}" for k in r if k.startswith("regret"))}
+              "top-5": "{:.2f} [{:.1f}, {:.1f}]".format(r["top-5 overlap"],
+                                                        *r["top-5 overlap 95% interval"]),
+              **{k.replace(" (points)", "").replace("regret @ MACs ", "regret "):
+                 "{:.2f} [{:.2f}, {:.2f}]".format(r[k], *r[f"{k} 95% interval"])
+                 for k in r if k.startswith("regret") and not k.endswith("interval")}}
              for r in rows]
     verdict = (f"{', '.join(beats)} beat(s) the sandwich rule's tau beyond the bootstrap "
                f"interval" if beats else "no method beats the sandwich rule's tau beyond "

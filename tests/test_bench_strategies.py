@@ -45,6 +45,9 @@ def test_scores_with_intervals_and_the_paired_difference():
     assert by["perfect"]["tau"] == 1.0
     assert by["perfect"]["tau 95% interval"] == pytest.approx([1.0, 1.0])
     assert by["perfect"]["regret @ MACs p50 (points)"] == 0.0
+    assert by["perfect"]["regret @ MACs p50 (points) 95% interval"] == [0.0, 0.0]
+    assert by["perfect"]["top-5 overlap 95% interval"] == [1.0, 1.0]
+    assert by["random"]["top-5 overlap"] < 1
     lo, hi = by["sandwich"]["tau 95% interval"]
     assert lo < by["sandwich"]["tau"] < hi
     assert by["perfect"]["tau - sandwich 95% interval"][0] > 0  # beats it, beyond the noise

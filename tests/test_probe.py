@@ -176,3 +176,26 @@ def test_a_slow_window_is_timed_again_before_it_counts_as_drift(monkeypatch):
     now, (ratio, _, _) = probe.retime(then, "dev")
     assert ratio == pytest.approx(2.0)  # timed three times, then given up: a real drift
     assert next(lasting)["ms"]["a"] == 0.1  # the fourth answer was never asked for
+
+
+def test_a_fresh_table_keeps_the_faster_of_its_start_and_end_probes(tmp_path, small,
+                                                                   monkeypatch):
+    """Probes timed once can land in a slow window of the host; a profile times them at
+    its start and at its end and keeps each probe's faster timing (both recorded)."""
+    import hwnas.probe as probe
+
+    start = {"ms": {"a": 2.0, "b": 1.0}, "statistic": "fastest round's median",
+             "measured_at": "start"}
+    end = {"ms": {"a": 1.0, "b": 1.5}, "statistic": "fastest round's median",
+           "measured_at": "end"}
+    answers = iter([start, end])
+    monkeypatch.setattr(probe, "measure_probes", lambda *a, **k: next(answers))
+    from hwnas.ops import unique_ops
+
+    ops = unique_ops(small, [32])[:3]
+    res, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path,
+                     progress=False, op_list=ops)
+    probes = read_table(res.path)[1]["probes"]
+    assert probes["ms"] == {"a": 1.0, "b": 1.0}
+    assert probes["start_ms"] == start["ms"] and probes["end_ms"] == end["ms"]
+    assert next(answers, None) is None  # timed exactly twice
