@@ -204,6 +204,8 @@ def _sync_grads(net: torch.nn.Module, world: int) -> None:
     if world == 1:
         return
     for p in net.parameters():
+        if not p.requires_grad:  # frozen by the method (DNA's stem and head)
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)

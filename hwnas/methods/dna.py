@@ -87,8 +87,11 @@ class DNA(TrainingMethod):
 
 @torch.no_grad()
 def copy_stem_and_head(src, dst) -> None:
+    """The teacher's stem and head, frozen: DNA trains the stages only."""
     for name in ("stem", "first", "final_expand", "feature_mix", "classifier"):
-        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+        part = getattr(dst, name)
+        part.load_state_dict(getattr(src, name).state_dict())
+        part.requires_grad_(False)
 
 
 class DnaRating:
