@@ -298,7 +298,7 @@ def plot(rows: list[dict], truth_noise: dict, path: Path) -> None:
         ax.plot([x] * len(r["tau per seed"]), r["tau per seed"], ".", color="tab:gray",
                 ms=5)
     ax.axhspan(*truth_noise["standalone_seed_vs_seed_tau_interval"], color="tab:green",
-               alpha=0.15, label="stand-alone seed vs seed (ceiling)")
+               alpha=0.15, label="stand-alone seed vs seed, 95% interval")
     ax.set_xticks(xs, [r["method"] for r in rows])
     ax.set_ylabel("Kendall tau vs stand-alone")
     ax.set_title(f"Ranking of {truth_noise['subnets']} subnets (digits-hard), "
