@@ -226,6 +226,13 @@ def train_cmd(
                                            "largest subnet teaches"),
     candidates: int = typer.Option(3, min=1, help="attentive: archs rated per random subnet"),
     pareto: str = typer.Option("best", help="attentive: train the best or worst of them"),
+    pareto_rating: str = typer.Option("loss", help="attentive: rate candidates by their "
+                                      "batch loss, or acc-table:PATH (an accuracy predictor "
+                                      "fitted on measured accuracies)"),
+    pareto_cost: str = typer.Option("macs", help="attentive: cost levels by macs, or "
+                                    "latency:DEVICE (that device's latency predictor)"),
+    lut: Path = typer.Option(Path("lut"), help="attentive: folder of latency:DEVICE's "
+                             "predictor"),
     ema_decay: float = typer.Option(0.99, help="pinas: mean teacher decay per step"),
     consistency: float = typer.Option(1.0, help="pinas: weight of the cross-path loss"),
     seed: int = typer.Option(0),
@@ -240,7 +247,8 @@ def train_cmd(
                       progressive=progressive, augment=augment,
                       smallest_resolution=smallest_resolution, seed=seed, method=method,
                       teacher=str(teacher) if teacher else None, candidates=candidates,
-                      pareto=pareto, ema_decay=ema_decay, consistency=consistency)
+                      pareto=pareto, ema_decay=ema_decay, consistency=consistency,
+                      pareto_rating=pareto_rating, pareto_cost=pareto_cost, lut_dir=str(lut))
     res = train_from_data(space, data, cfg, out, threads)
     if res.accuracy:  # rank 0 under torchrun
         console.print(res.summary())

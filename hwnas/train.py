@@ -74,6 +74,9 @@ class TrainConfig:
     teacher: str | None = None        # dna: a supernet checkpoint whose largest subnet teaches
     candidates: int = 3               # attentive: archs rated per random subnet
     pareto: str = "best"              # attentive: train the best or the worst of them
+    pareto_rating: str = "loss"       # attentive: rate them by "loss" or "acc-table:PATH"
+    pareto_cost: str = "macs"         # attentive: cost levels by "macs" or "latency:DEVICE"
+    lut_dir: str = "lut"              # attentive: where latency:DEVICE's predictor is
     ema_decay: float = 0.99           # pinas: the mean teacher's decay per step
     consistency: float = 1.0          # pinas: weight of the cross-path loss
 
@@ -92,6 +95,10 @@ class TrainConfig:
              "only with method dna"),
             ("candidates", self.candidates >= 1, ">= 1"),
             ("pareto", self.pareto in PARETO, " or ".join(PARETO)),
+            ("pareto_rating", self.pareto_rating == "loss"
+             or self.pareto_rating.startswith("acc-table:"), "loss or acc-table:PATH"),
+            ("pareto_cost", self.pareto_cost == "macs"
+             or self.pareto_cost.startswith("latency:"), "macs or latency:DEVICE"),
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("consistency", self.consistency >= 0, ">= 0")],
             TrainError, "training setting", self)

@@ -224,3 +224,52 @@ def test_search_with_the_bn_and_dna_ratings(small, data, teacher, tmp_path):
         search(bad, tmp_path / "bad", predictors={dev: predictor}, progress=False)
     with pytest.raises(SearchError, match="not one of ofa-predictor:PATH, bn:PATH, dna:PATH"):
         SearchConfig(space="small", objectives=("acc",), accuracy="gamma:x")
+
+
+def test_attentive_with_a_latency_predictor_and_an_accuracy_predictor(small, tmp_path):
+    """AttentiveNAS's predictor variant: cost levels from the device's latency predictor,
+    candidates rated by an accuracy predictor fitted on measured accuracies."""
+    import pandas as pd
+    from helpers import synthetic_table
+
+    from hwnas.ops import count_batch
+    from hwnas.predictor import LutSum
+
+    dev = "cpu-onnxruntime"
+    table = synthetic_table(tmp_path / f"{dev}.parquet", small,
+                            {"device": "synthetic", "cpu": "x", "threads": 1,
+                             "runtime": "onnxruntime"})
+    predictor = LutSum(table)
+    predictor.save(tmp_path / f"{dev}.predictor.json")
+    archs = small.sample(60, seed=4)
+    macs = count_batch(archs, small)[:, 0].astype(float)
+    pd.DataFrame({"arch": [a.to_json() for a in archs],
+                  "acc": 0.8 + 0.1 * np.log(macs / macs.min()) / np.log(macs.max() / macs.min())}
+                 ).to_parquet(tmp_path / "acc.parquet")
+    cfg = TrainConfig(method="attentive", candidates=4, pareto_cost=f"latency:{dev}",
+                      pareto_rating=f"acc-table:{tmp_path / 'acc.parquet'}",
+                      lut_dir=str(tmp_path))
+    method = METHODS["attentive"](small, cfg, None)
+    # levels are latency levels: each bin's predicted latencies lie between its neighbours'
+    spans = [(predictor.predict(b).min(), predictor.predict(b).max()) for b in method.bins]
+    assert len(spans) == 10 and all(hi <= lo2 for (_, hi), (lo2, _) in zip(spans, spans[1:]))
+    for pareto, pick in (("best", np.argmax), ("worst", np.argmin)):
+        import dataclasses as dc
+
+        m = METHODS["attentive"](small, dc.replace(cfg, pareto=pareto), None)
+        rng = np.random.default_rng(7)
+        chosen = m.pick(None, None, None, None, rng)
+        rng = np.random.default_rng(7)
+        pool = m.bins[int(rng.integers(len(m.bins)))]
+        cands = [pool[int(i)] for i in rng.choice(len(pool), 4, replace=False)]
+        assert chosen == cands[int(pick(m.accuracy(cands)))]
+    with pytest.raises(TrainError, match="--pareto-cost latency:nowhere"):
+        METHODS["attentive"](small, TrainConfig(method="attentive",
+                                                pareto_cost="latency:nowhere",
+                                                lut_dir=str(tmp_path)), None)
+    with pytest.raises(TrainError, match="--pareto-rating acc-table:.*missing"):
+        METHODS["attentive"](small, TrainConfig(
+            method="attentive", pareto_rating=f"acc-table:{tmp_path / 'missing.parquet'}"),
+            None)
+    with pytest.raises(TrainError, match="pareto_cost='flops'.*macs or latency:DEVICE"):
+        TrainConfig(method="attentive", pareto_cost="flops")

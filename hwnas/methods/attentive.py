@@ -2,16 +2,23 @@
 
 The sandwich rule, with each random subnet replaced by the best (``pareto="best"``,
 AttentiveNAS's BestUp) or the worst (``"worst"``, WorstUp) of ``candidates`` subnets of
-one cost: a MAC level is drawn uniformly (one of ten quantile bins of the space's MACs,
-hwnas's counter standing in for AttentiveNAS's FLOPs), ``candidates`` archs of that bin
-are drawn, and each is rated by the supernet's own loss on the step's batch (against the
-largest subnet's soft predictions, or the labels without distillation), which is
-AttentiveNAS's minibatch-loss rating.
+one cost: a cost level is drawn uniformly (one of ten quantile bins of the space's cost),
+``candidates`` archs of that level are drawn and rated, and the best or worst is trained.
 
-Simplified: AttentiveNAS's other rating, an accuracy predictor fitted on evaluated
-subnets, needs accuracies that a supernet trained from scratch does not have yet; the
-loss rating costs ``candidates`` forward passes per random subnet instead, which the
-strategies benchmark's equal-time budget charges to this method.
+- Cost (``pareto_cost``): ``macs`` (hwnas's counter, AttentiveNAS's FLOPs) or
+  ``latency:DEVICE``, the device's latency predictor (``hwnas predictor fit``, read from
+  ``lut_dir``), so the levels are latency levels of the device searched for.
+- Rating (``pareto_rating``): ``loss``, the supernet's own loss on the step's batch (against
+  the largest subnet's soft predictions, or the labels without distillation), which is
+  AttentiveNAS's minibatch-loss rating; or ``acc-table:PATH``, an accuracy predictor fitted
+  on measured accuracies (Parquet/CSV with ``arch`` and ``acc``, as ``hwnas search
+  --accuracy-table`` reads), AttentiveNAS's predictor rating.
+
+Simplified: AttentiveNAS fits its accuracy predictor on subnets of a supernet trained
+before; a supernet trained from scratch here has none, so the predictor rating needs a
+table from elsewhere (an earlier supernet's evaluations), and ``loss`` is the default. The
+loss rating costs ``candidates`` forward passes per random subnet, which the strategies
+benchmark's equal-time budget charges to this method.
 """
 
 from __future__ import annotations
@@ -33,20 +40,33 @@ class Attentive(TrainingMethod):
 
     def __init__(self, space, cfg, net) -> None:
         super().__init__(space, cfg, net)
-        from hwnas.ops import count_batch
-
         pool = space.sample(POOL, np.random.default_rng(12345))
-        macs = count_batch(pool, space)[:, 0].astype(float)
-        edges = np.quantile(macs, np.linspace(0, 1, BINS + 1)[1:-1])
-        level = np.searchsorted(edges, macs)
+        cost = pool_cost(pool, space, cfg)
+        edges = np.quantile(cost, np.linspace(0, 1, BINS + 1)[1:-1])
+        level = np.searchsorted(edges, cost)
         self.bins = [[a for a, b in zip(pool, level) if b == i] for i in range(BINS)]
         self.bins = [b for b in self.bins if b]
+        self.accuracy = None
+        if cfg.pareto_rating.startswith("acc-table:"):
+            from hwnas.errors import HwnasError
+            from hwnas.search.surrogate import AccuracySurrogate
+            from hwnas.train import TrainError
+
+            try:
+                self.accuracy = AccuracySurrogate.from_table(
+                    cfg.pareto_rating.partition(":")[2], space, cfg.seed)
+            except HwnasError as exc:
+                raise TrainError(f"--pareto-rating {cfg.pareto_rating}: {exc}") from None
 
     def pick(self, net, x, y, target, rng) -> "object":
         """The best (or worst) of ``candidates`` archs of one MAC bin, by batch loss."""
         pool = self.bins[int(rng.integers(len(self.bins)))]
         cands = [pool[int(i)] for i in rng.choice(len(pool), self.cfg.candidates,
                                                   replace=len(pool) < self.cfg.candidates)]
+        if self.accuracy is not None:  # higher accuracy is a lower "loss"
+            acc = np.asarray(self.accuracy(cands), dtype=float)
+            i = int(np.argmax(acc) if self.cfg.pareto == "best" else np.argmin(acc))
+            return cands[i]
         losses = []
         with torch.no_grad():
             for arch in cands:
@@ -72,3 +92,21 @@ class Attentive(TrainingMethod):
                 loss = distill_loss(net(model_input(x, arch.r)), soft)
             loss.backward()
         return shown
+
+
+def pool_cost(pool, space, cfg) -> np.ndarray:
+    """Each arch's cost: MACs, or the latency ``cfg.pareto_cost`` names, predicted."""
+    if cfg.pareto_cost == "macs":
+        from hwnas.ops import count_batch
+
+        return count_batch(pool, space)[:, 0].astype(float)
+    from hwnas.errors import HwnasError
+    from hwnas.predictor import device_predictor
+    from hwnas.train import TrainError
+
+    device = cfg.pareto_cost.partition(":")[2]
+    try:
+        predictor, _ = device_predictor(device, space, cfg.lut_dir, allow_drift=True)
+    except HwnasError as exc:
+        raise TrainError(f"--pareto-cost {cfg.pareto_cost}: {exc}") from None
+    return np.asarray(predictor.predict(pool), dtype=float)
