@@ -248,8 +248,7 @@ def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray
     budgets = np.quantile(macs, [0.25, 0.5, 0.75])
     metrics = {"tau": lambda r, t, _: kendall(r, t),
                "top-5 overlap": lambda r, t, _: top5_overlap(r, t),
-               **{f"regret @ MACs p{q} (points)": functools.partial(
-                   lambda r, t, m, b: regret(r, t, m, b), b=b)
+               **{f"regret @ MACs p{q} (points)": functools.partial(regret, budget=b)
                   for q, b in zip((25, 50, 75), budgets)}}
 
     def mean_over_seeds(fn, r: np.ndarray, idx) -> float:  # r: seeds x subnets

@@ -39,7 +39,7 @@ from hwnas.display import progress as progress_bar
 from hwnas.files import atomic_torch_save, load_tensors
 from hwnas.space import Arch, SearchSpace, get_space
 from hwnas.methods import METHODS
-from hwnas.methods.sandwich import phase_of, sandwich_archs  # noqa: F401  (re-exported)
+from hwnas.methods.sandwich import sandwich_archs  # noqa: F401  (re-exported)
 from hwnas.supernet import Supernet
 
 CHECKPOINT_FORMAT = 1
@@ -90,7 +90,7 @@ class TrainConfig:
             ("smallest_resolution", self.smallest_resolution in SMALLEST_RESOLUTIONS,
              " or ".join(SMALLEST_RESOLUTIONS)),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]"),
-            ("method", self.method in _methods(), " or ".join(_methods())),
+            ("method", self.method in METHODS, " or ".join(METHODS)),
             ("teacher", self.teacher is None or self.method == "dna",
              "only with method dna"),
             ("candidates", self.candidates >= 1, ">= 1"),
@@ -102,10 +102,6 @@ class TrainConfig:
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("consistency", self.consistency >= 0, ">= 0")],
             TrainError, "training setting", self)
-
-
-def _methods() -> tuple[str, ...]:
-    return tuple(METHODS)
 
 
 @dataclass

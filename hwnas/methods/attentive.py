@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.data import model_input
-from hwnas.methods.base import TrainingMethod, distill_loss, label_loss
-from hwnas.methods.sandwich import sandwich_archs
+from hwnas.methods.base import distill_loss
+from hwnas.methods.sandwich import Sandwich, sandwich_archs
 
 POOL = 2000  # archs per space from which each bin's candidates are drawn
 BINS = 10
 
 
-class Attentive(TrainingMethod):
+class Attentive(Sandwich):
     name = "attentive"
 
     def __init__(self, space, cfg, net) -> None:
@@ -59,39 +59,29 @@ class Attentive(TrainingMethod):
                 raise TrainError(f"--pareto-rating {cfg.pareto_rating}: {exc}") from None
 
     def pick(self, net, x, y, target, rng) -> "object":
-        """The best (or worst) of ``candidates`` archs of one MAC bin, by batch loss."""
+        """The best (or worst) of ``candidates`` archs of one cost level: by the accuracy
+        predictor, or by the supernet's loss on the batch (a lower loss is better)."""
         pool = self.bins[int(rng.integers(len(self.bins)))]
         cands = [pool[int(i)] for i in rng.choice(len(pool), self.cfg.candidates,
                                                   replace=len(pool) < self.cfg.candidates)]
-        if self.accuracy is not None:  # higher accuracy is a lower "loss"
-            acc = np.asarray(self.accuracy(cands), dtype=float)
-            i = int(np.argmax(acc) if self.cfg.pareto == "best" else np.argmin(acc))
-            return cands[i]
-        losses = []
-        with torch.no_grad():
-            for arch in cands:
-                net.set_active(arch)
-                logits = net(model_input(x, arch.r))
-                losses.append(float(distill_loss(logits, target) if target is not None
-                                    else F.cross_entropy(logits, y)))
-        i = int(np.argmin(losses) if self.cfg.pareto == "best" else np.argmax(losses))
-        return cands[i]
+        if self.accuracy is not None:
+            score = np.asarray(self.accuracy(cands), dtype=float)
+        else:
+            with torch.no_grad():
+                score = []
+                for arch in cands:
+                    net.set_active(arch)
+                    logits = net(model_input(x, arch.r))
+                    score.append(-float(distill_loss(logits, target) if target is not None
+                                        else F.cross_entropy(logits, y)))
+        return cands[int(np.argmax(score) if self.cfg.pareto == "best" else np.argmin(score))]
 
-    def step(self, net, x, y, rng, epoch) -> float:
-        big, small = sandwich_archs(self.space, 0, rng, "all", self.cfg.smallest_resolution)
-        loss, logits = label_loss(net, big, x, y, self.cfg)
-        loss.backward()
-        shown, soft = float(loss.detach()), F.softmax(logits.detach(), dim=1)
-        target = soft if self.cfg.distill else None
-        picks = [self.pick(net, x, y, target, rng) for _ in range(self.cfg.n_random)]
-        for arch in [small] + picks:
-            if target is None:
-                loss, _ = label_loss(net, arch, x, y, self.cfg)
-            else:
-                net.set_active(arch)
-                loss = distill_loss(net(model_input(x, arch.r)), soft)
-            loss.backward()
-        return shown
+    def archs(self, rng, epoch):
+        """Largest and smallest only; the others are picked once the batch is seen."""
+        return sandwich_archs(self.space, 0, rng, "all", self.cfg.smallest_resolution)
+
+    def students(self, net, x, y, target, rng, archs):
+        return archs + [self.pick(net, x, y, target, rng) for _ in range(self.cfg.n_random)]
 
 
 def pool_cost(pool, space, cfg) -> np.ndarray:

@@ -101,25 +101,24 @@ class DnaRating:
     def __init__(self, path: str | Path, space, val, images: int = 512,
                  batch_size: int = 128) -> None:
         from hwnas.supernet import Supernet
-        from hwnas.train import TrainError, load_checkpoint, load_supernet
+        from hwnas.train import TrainError, load_checkpoint
 
         state = load_checkpoint(path, space)
         if state.get("config", {}).get("method") != "dna" or "method_state" not in state:
             raise TrainError(f"{path} was not trained with --method dna (it was trained "
                              f"with {state.get('config', {}).get('method', 'sandwich')!r}); "
                              f"a DNA rating needs a DNA supernet and its teacher")
-        self.net = load_supernet(path, space)
-        self.teacher = Supernet(space)
+        self.net, self.teacher = Supernet(space), Supernet(space)
+        self.net.load_state_dict(state["model"])
         self.teacher.load_state_dict(state["method_state"]["teacher"])
+        self.net.eval()
         self.teacher.set_active(space.largest())
-        self.batches = [x for x, _ in val.batches(batch_size, False)]
-        kept, n = [], 0
-        for x in self.batches:
+        self.batches, n = [], 0
+        for x, _ in val.batches(batch_size, False):
             if n >= images:
                 break
-            kept.append(x[:images - n])
-            n += len(kept[-1])
-        self.batches = kept
+            self.batches.append(x[:images - n])
+            n += len(self.batches[-1])
         self._feats: dict[int, list] = {}
 
     def features(self, r: int) -> list[list[torch.Tensor]]:

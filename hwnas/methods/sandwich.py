@@ -58,15 +58,21 @@ class Sandwich(TrainingMethod):
         return sandwich_archs(self.space, self.cfg.n_random, rng, phase_of(epoch, self.cfg),
                               self.cfg.smallest_resolution)
 
+    def students(self, net, x, y, target, rng, archs: list[Arch]) -> list[Arch]:
+        """The subnets trained after the largest (AttentiveNAS replaces the random ones)."""
+        return archs
+
     def step(self, net, x, y, rng, epoch) -> float:
-        shown, soft = 0.0, None
-        for i, arch in enumerate(self.archs(rng, epoch)):
-            if i == 0 or not self.cfg.distill:
-                loss, logits = label_loss(net, arch, x, y, self.cfg)
-                if i == 0:
-                    soft, shown = F.softmax(logits.detach(), dim=1), float(loss.detach())
+        big, *rest = self.archs(rng, epoch)
+        loss, logits = label_loss(net, big, x, y, self.cfg)
+        loss.backward()
+        shown, soft = float(loss.detach()), F.softmax(logits.detach(), dim=1)
+        target = soft if self.cfg.distill else None
+        for arch in self.students(net, x, y, target, rng, rest):
+            if target is None:
+                loss, _ = label_loss(net, arch, x, y, self.cfg)
             else:
                 net.set_active(arch)
-                loss = distill_loss(net(model_input(x, arch.r)), soft)
+                loss = distill_loss(net(model_input(x, arch.r)), target)
             loss.backward()
         return shown
