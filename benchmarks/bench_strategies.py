@@ -239,9 +239,10 @@ def interval(values: np.ndarray) -> list[float]:
 
 
 def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray,
-          macs: np.ndarray, seed: int) -> tuple[list[dict], dict]:
+          macs: np.ndarray, seed: int, baseline: str = "sandwich") -> tuple[list[dict], dict]:
     """The table: each method's scores (means over its training seeds) with bootstrap
-    intervals over subnets, and the ground truth's own agreement."""
+    intervals over subnets, each one's tau minus ``baseline``'s (paired interval), and the
+    ground truth's own agreement."""
     rng = np.random.default_rng(seed)
     n = len(truth)
     resamples = [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]
@@ -265,11 +266,11 @@ def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray
         row["tau per seed"] = [kendall(x, truth) for x in r]
         rows.append(row)
     for row in rows:
-        if "sandwich" in ratings and row["method"] != "sandwich":
-            sandwich = next(x for x in rows if x["method"] == "sandwich")
-            row["tau - sandwich"] = row["tau"] - sandwich["tau"]
-            row["tau - sandwich 95% interval"] = interval(
-                boot[row["method"], "tau"] - boot["sandwich", "tau"])
+        if baseline in ratings and row["method"] != baseline:
+            base = next(x for x in rows if x["method"] == baseline)
+            row[f"tau - {baseline}"] = row["tau"] - base["tau"]
+            row[f"tau - {baseline} 95% interval"] = interval(
+                boot[row["method"], "tau"] - boot[baseline, "tau"])
     pairs = [(i, j) for i in range(by_seed.shape[1]) for j in range(i)]
     seed_tau = float(np.mean([kendall(by_seed[:, i], by_seed[:, j]) for i, j in pairs]))
     seed_boot = np.array([np.mean([kendall(by_seed[idx, i], by_seed[idx, j])

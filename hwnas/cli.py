@@ -80,6 +80,13 @@ def space_show(
     for a in encoding.load_many(sp, arch):
         _show(describe(a, sp))
 
+@space_app.command("list")
+def space_list() -> None:
+    """Every space preset: its size (networks, unique ops), MACs, params and origin."""
+    from hwnas.ops import describe_presets
+
+    _show(describe_presets())
+
 @space_app.command("info")
 def space_info(space: str = typer.Option("default", help=SPACE_HELP)) -> None:
     """Print the space's parameters, its size and its number of unique ops."""
@@ -235,6 +242,8 @@ def train_cmd(
                              "predictor"),
     ema_decay: float = typer.Option(0.99, help="pinas: mean teacher decay per step"),
     consistency: float = typer.Option(1.0, help="pinas: weight of the cross-path loss"),
+    shadow_bn: bool = typer.Option(True, help="multi-path spaces (mixpath): one depthwise BN "
+                                   "per number of active paths (MixPath's shadow BN)"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
 ) -> None:
@@ -248,7 +257,8 @@ def train_cmd(
                       smallest_resolution=smallest_resolution, seed=seed, method=method,
                       teacher=str(teacher) if teacher else None, candidates=candidates,
                       pareto=pareto, ema_decay=ema_decay, consistency=consistency,
-                      pareto_rating=pareto_rating, pareto_cost=pareto_cost, lut_dir=str(lut))
+                      pareto_rating=pareto_rating, pareto_cost=pareto_cost, lut_dir=str(lut),
+                      shadow_bn=shadow_bn)
     res = train_from_data(space, data, cfg, out, threads)
     if res.accuracy:  # rank 0 under torchrun
         console.print(res.summary())

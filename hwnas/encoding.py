@@ -2,7 +2,9 @@
 the integer encoding a search works on.
 
 The encoding of a space is, per stage, ``[depth, max_depth kernel indices, max_depth
-expand indices]``, then the resolution index. It has one canonical form (:func:`canonical`:
+expand indices]``, then (elastic widths only) one width index per stage, then the
+resolution index. Indices are into the stage's own choices where a stage has them, and a
+kernel index into ``space.kernel_choices`` (path sets in a multi-path space). It has one canonical form (:func:`canonical`:
 genes past a stage's depth are zero, the resolution gene on an allowed value), and one
 sampler, one mutation and one crossover on it (:func:`sample`, :func:`mutate`,
 :func:`crossover`), which both :class:`~hwnas.space.SearchSpace` and the search use, so a
@@ -60,17 +62,28 @@ def parse(space: SearchSpace, obj: Any = None, /, **fields: Any) -> Arch:
         raise ArchError(f"arch keys must be strings, got {sorted(map(repr, keys))}")
     ofa = "ks" in keys
     allowed = {"ks", "e", "d", "r", "image_size"} if ofa else {"r", "d", "k", "e"}
+    if space.elastic_widths and not ofa:
+        allowed.add("w")
     unknown = keys - allowed
     if unknown:
+        extra = "" if space.elastic_widths or "w" not in unknown else \
+            f" (space {space.name!r} has fixed stage widths, so an arch has no 'w')"
         raise ArchError(f"unknown arch key(s) {sorted(unknown)}; allowed keys are "
-                        f"{sorted(allowed)}")
+                        f"{sorted(allowed)}{extra}")
     if ofa:
+        if space.elastic_widths or space.max_paths > 1:
+            keys_needed = "r, d, k, e" + (", w" if space.elastic_widths else "")
+            raise ArchError(f"space {space.name!r} has elastic widths or path sets, which "
+                            f"Once-for-All's arch format cannot write; use hwnas's JSON "
+                            f"form with keys {keys_needed}")
         if "r" in keys and "image_size" in keys:
             raise ArchError("give the resolution once, as 'r' or 'image_size', not both")
         res_key = "r" if "r" in keys else "image_size"
         required = {"ks": "ks", "e": "e", "d": "d", res_key: res_key}
     else:
         required = {"r": "r", "d": "d", "k": "k", "e": "e"}
+        if space.elastic_widths:
+            required["w"] = "w"
     missing = [k for k in required if k not in keys]
     if missing:
         raise ArchError(f"arch is missing key(s) {missing}; an arch needs "
@@ -81,13 +94,37 @@ def parse(space: SearchSpace, obj: Any = None, /, **fields: Any) -> Arch:
         r = r[0]
     r = _check_choice(res_key, r, space.resolutions)
     d = _check_list(space, "d", obj["d"], space.n_stages)
-    d = tuple(_check_choice(f"d[{i}]", v, space.depths) for i, v in enumerate(d))
+    d = tuple(_check_choice(f"d[{i}]", v, space.stage_depths(i)) for i, v in enumerate(d))
     k_name = "ks" if ofa else "k"
     k_raw = _check_list(space, k_name, obj[k_name], space.n_blocks)
+    if space.max_paths > 1:
+        k_raw = [_path_set(space, f"{k_name}[{i}]", v) for i, v in enumerate(k_raw)]
     e_raw = _check_list(space, "e", obj["e"], space.n_blocks)
-    k = _check_slots(space, k_name, k_raw, d, space.kernels)
-    e = _check_slots(space, "e", e_raw, d, space.expands)
-    return Arch(r=r, d=d, k=k, e=e)
+    k = _check_slots(space, k_name, k_raw, d, lambda s: space.kernel_choices)
+    e = _check_slots(space, "e", e_raw, d, space.stage_expands)
+    w: tuple = ()
+    if space.elastic_widths:
+        w = tuple(_check_choice(f"w[{i}]", v, space.width_choices(i))
+                  for i, v in enumerate(_check_list(space, "w", obj["w"], space.n_stages)))
+    return Arch(r=r, d=d, k=k, e=e, w=w)
+
+
+def _path_set(space: SearchSpace, name: str, value: Any) -> Any:
+    """A multi-path layer's kernels as the sorted tuple the space lists (a lone kernel size
+    is a one-path set); anything else is returned as is for the choice check to refuse."""
+    if _is_number(value):
+        return value if value == 0 else (value,)
+    if isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value):
+        if len(set(value)) != len(value):
+            raise ArchError(f"arch field {name!r} = {list(value)} repeats a kernel; a path "
+                            f"set names each kernel size once")
+        return tuple(sorted(int(v) if float(v).is_integer() else v for v in value))
+    raise ArchError(f"arch field {name!r} must be a kernel size or a list of them, got "
+                    f"{value!r:.60}; allowed: {_show(space.kernel_choices)}")
+
+
+def _show(choices: Sequence) -> list:
+    return [list(c) if isinstance(c, tuple) else _num(c) for c in choices]
 
 
 def load_many(space: SearchSpace, path: str | Path) -> list[Arch]:
@@ -132,21 +169,24 @@ def _check_list(space: SearchSpace, name: str, value: Any, length: int) -> list:
 
 
 def _check_choice(name: str, value: Any, choices: Sequence) -> Any:
-    if not _is_number(value):
+    if not (_is_number(value) or isinstance(value, tuple)):
         raise ArchError(f"arch field {name!r} must be a number, got "
-                        f"{type(value).__name__} {value!r:.60}; allowed: {list(choices)}")
+                        f"{type(value).__name__} {value!r:.60}; allowed: {_show(choices)}")
     for c in choices:
         if value == c:
             return c
-    raise ArchError(f"arch field {name!r} = {value!r} is not allowed; allowed: "
-                    f"{[_num(c) for c in choices]}")
+    shown = list(value) if isinstance(value, tuple) else value
+    raise ArchError(f"arch field {name!r} = {shown!r} is not allowed; allowed: "
+                    f"{_show(choices)}")
 
 
 def _check_slots(space: SearchSpace, name: str, values: list, d: tuple[int, ...],
-                 choices: Sequence) -> tuple:
-    """Check active slots; unused slots may hold a choice or 0 and become choices[0]."""
+                 choices_of) -> tuple:
+    """Check active slots against ``choices_of(stage)``; unused slots may hold a choice or
+    0 and become the stage's first choice."""
     out = []
     for s, depth in enumerate(d):
+        choices = choices_of(s)
         for b in range(space.max_depth):
             i = s * space.max_depth + b
             v = values[i]
@@ -160,17 +200,20 @@ def _check_slots(space: SearchSpace, name: str, values: list, d: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- names
-_BLOCK = re.compile(r"k(\d+)e(\d+(?:\.\d+)?)")
+_BLOCK = re.compile(r"k(\d+(?:\+\d+)*)e(\d+(?:\.\d+)?)")
 
 
 def name(space: SearchSpace, arch: Arch) -> str:
     """Short readable name: resolution, then one group per stage of k<kernel>e<expand>
-    blocks, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``. Safe in file names; read back by
+    blocks, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``; a path set is written ``k3+7``, and
+    a stage's width leads its group as ``w<channels>``. Safe in file names; read back by
     :func:`parse_name`."""
     parts = [f"r{arch.r}"]
-    groups: list[list[str]] = [[] for _ in range(space.n_stages)]
+    groups: list[list[str]] = [[f"w{w}"] for w in arch.w] or \
+        [[] for _ in range(space.n_stages)]
     for s, _, k, e in space.active_blocks(arch):
-        groups[s].append(f"k{k}e{_num(e)}")
+        kernel = "+".join(map(str, k)) if isinstance(k, tuple) else k
+        groups[s].append(f"k{kernel}e{_num(e)}")
     parts += [".".join(g) for g in groups]
     return "-".join(parts)
 
@@ -181,8 +224,14 @@ def parse_name(space: SearchSpace, text: str) -> Arch:
     if len(parts) != space.n_stages + 1 or not re.fullmatch(r"r\d+", parts[0]):
         raise ArchError(f"arch name {text!r} must be r<resolution> and {space.n_stages} "
                         f"stage groups joined by '-', e.g. {name(space, space.smallest())!r}")
-    d, k, e = [], [], []
+    d, k, e, w = [], [], [], []
     for s, group in enumerate(parts[1:]):
+        if space.elastic_widths:
+            width, _, group = group.partition(".")
+            if not re.fullmatch(r"w\d+", width):
+                raise ArchError(f"arch name {text!r}: stage {s} group must start with its "
+                                f"width w<channels>, e.g. w{space.stage_widths[s]}")
+            w.append(int(width[1:]))
         blocks = [m for m in _BLOCK.finditer(group)]
         if ".".join(m.group(0) for m in blocks) != group or not blocks:
             raise ArchError(f"arch name {text!r}: stage {s} group {group!r} is not blocks "
@@ -192,25 +241,62 @@ def parse_name(space: SearchSpace, text: str) -> Arch:
         if pad < 0:
             raise ArchError(f"arch name {text!r}: stage {s} has {len(blocks)} blocks; "
                             f"allowed depths: {list(space.depths)}")
-        k += [int(m.group(1)) for m in blocks] + [0] * pad
+        k += [[int(p) for p in m.group(1).split("+")] if space.max_paths > 1
+              else int(m.group(1)) for m in blocks] + [0] * pad
         e += [float(m.group(2)) for m in blocks] + [0] * pad
+    if space.elastic_widths:
+        return parse(space, r=int(parts[0][1:]), d=d, k=k, e=e, w=w)
     return parse(space, r=int(parts[0][1:]), d=d, k=k, e=e)
 
 
 # ------------------------------------------------------------------------ encoding
 def n_var(space: SearchSpace) -> int:
-    """Length of the integer encoding: per stage [depth, kernels, expands], then r."""
-    return space.n_stages * (1 + 2 * space.max_depth) + 1
+    """Length of the integer encoding: per stage [depth, kernels, expands], then one width
+    gene per stage (only in a space with elastic widths), then r."""
+    return space.n_stages * (1 + 2 * space.max_depth) + n_width_genes(space) + 1
+
+
+def n_width_genes(space: SearchSpace) -> int:
+    return space.n_stages if space.elastic_widths else 0
+
+
+def width_gene(space: SearchSpace, stage: int) -> int:
+    """Column of stage ``stage``'s width gene (elastic widths only)."""
+    return space.n_stages * (1 + 2 * space.max_depth) + stage
 
 
 def bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive lower and upper bound of every gene (for pymoo)."""
     xu = []
-    for _ in range(space.n_stages):
-        xu += [len(space.depths) - 1] + [len(space.kernels) - 1] * space.max_depth \
-            + [len(space.expands) - 1] * space.max_depth
+    for s in range(space.n_stages):
+        xu += [len(space.stage_depths(s)) - 1] + [len(space.kernel_choices) - 1] \
+            * space.max_depth + [len(space.stage_expands(s)) - 1] * space.max_depth
+    xu += [len(space.width_choices(s)) - 1 for s in range(n_width_genes(space))]
     xu.append(len(space.resolutions) - 1)
     return np.zeros(n_var(space), dtype=np.int64), np.array(xu, dtype=np.int64)
+
+
+def depth_table(space: SearchSpace) -> np.ndarray:
+    """[S, max choices] depth of each stage's depth gene value (padded with its last)."""
+    return _choice_table([space.stage_depths(s) for s in range(space.n_stages)])
+
+
+def width_table(space: SearchSpace) -> np.ndarray:
+    """[S, max choices] channels of each stage's width gene value (padded with its last)."""
+    return _choice_table([space.width_choices(s) for s in range(space.n_stages)])
+
+
+def _choice_table(rows: list[tuple]) -> np.ndarray:
+    n = max(len(r) for r in rows)
+    return np.array([list(r) + [r[-1]] * (n - len(r)) for r in rows])
+
+
+def stage_widths(space: SearchSpace, X: np.ndarray) -> np.ndarray:
+    """[n, S] width gene of every stage of an encoding matrix (zeros without elastic widths)."""
+    if not space.elastic_widths:
+        return np.zeros((len(X), space.n_stages), dtype=np.int64)
+    start = width_gene(space, 0)
+    return X[:, start:start + space.n_stages]
 
 
 def encode(space: SearchSpace, arch: Arch | Mapping) -> np.ndarray:
@@ -226,27 +312,34 @@ def encode(space: SearchSpace, arch: Arch | Mapping) -> np.ndarray:
 
 
 def _encode_fast(space: SearchSpace, arch: Arch) -> np.ndarray:
-    di, ki, ei, ri = _index_maps(space)
+    di, ki, ei, wi, ri = _index_maps(space)
     md = space.max_depth
     if len(arch.d) != space.n_stages or len(arch.k) != space.n_blocks \
-            or len(arch.e) != space.n_blocks:
+            or len(arch.e) != space.n_blocks or len(arch.w) != n_width_genes(space):
         raise IndexError
     x = []
     for s, depth in enumerate(arch.d):
-        x.append(di[depth])
+        x.append(di[s][depth])
         base = s * md
         x += [ki[arch.k[base + b]] if b < depth else 0 for b in range(md)]
-        x += [ei[arch.e[base + b]] if b < depth else 0 for b in range(md)]
+        x += [ei[s][arch.e[base + b]] if b < depth else 0 for b in range(md)]
+    x += [wi[s][w] for s, w in enumerate(arch.w)]
     x.append(ri[arch.r])
     return np.array(x, dtype=np.int64)
 
 
-def _index_maps(space: SearchSpace) -> tuple[dict, dict, dict, dict]:
-    """Choice -> index per field, cached on the (frozen) space for the hot encode path."""
+def _index_maps(space: SearchSpace) -> tuple:
+    """Choice -> index per field (per stage for depths, expands and widths), cached on the
+    (frozen) space for the hot encode path."""
     maps = space.__dict__.get("_maps")
     if maps is None:
-        maps = tuple({v: i for i, v in enumerate(c) if not isinstance(v, bool)}
-                     for c in (space.depths, space.kernels, space.expands, space.resolutions))
+        def index(c):
+            return {v: i for i, v in enumerate(c) if not isinstance(v, bool)}
+
+        stages = range(space.n_stages)
+        maps = ([index(space.stage_depths(s)) for s in stages], index(space.kernel_choices),
+                [index(space.stage_expands(s)) for s in stages],
+                [index(space.width_choices(s)) for s in stages], index(space.resolutions))
         object.__setattr__(space, "_maps", maps)
     return maps
 
@@ -257,15 +350,18 @@ def decode(space: SearchSpace, x: Sequence[int] | np.ndarray) -> Arch:
 
     x = check_vector(space, x)
     md, step = space.max_depth, 1 + 2 * space.max_depth
+    kc = space.kernel_choices
     d, k, e = [], [], []
     for s in range(space.n_stages):
         g = x[s * step:(s + 1) * step]
-        depth = space.depths[g[0]]
+        depths, expands = space.stage_depths(s), space.stage_expands(s)
+        depth = depths[g[0]]
         d.append(depth)
-        k += [space.kernels[g[1 + b]] if b < depth else space.kernels[0] for b in range(md)]
-        e += [space.expands[g[1 + md + b]] if b < depth else space.expands[0]
-              for b in range(md)]
-    return Arch(r=space.resolutions[x[-1]], d=tuple(d), k=tuple(k), e=tuple(e))
+        k += [kc[g[1 + b]] if b < depth else kc[0] for b in range(md)]
+        e += [expands[g[1 + md + b]] if b < depth else expands[0] for b in range(md)]
+    w = tuple(space.width_choices(s)[x[width_gene(space, s)]]
+              for s in range(n_width_genes(space)))
+    return Arch(r=space.resolutions[x[-1]], d=tuple(d), k=tuple(k), e=tuple(e), w=w)
 
 
 def check_vector(space: SearchSpace, x: Any) -> np.ndarray:
@@ -309,10 +405,10 @@ def canonical(space: SearchSpace, X: np.ndarray, r_genes: np.ndarray | None = No
     lo, hi = bounds(space)
     X = np.clip(X, lo, hi)
     md, step = space.max_depth, 1 + 2 * space.max_depth
-    depths = np.asarray(space.depths)
+    depths = depth_table(space)
     slot = np.arange(md)
     for s in range(space.n_stages):
-        d = depths[X[:, s * step]]
+        d = depths[s][X[:, s * step]]
         past = slot[None, :] >= d[:, None]
         X[:, s * step + 1:s * step + 1 + md][past] = 0
         X[:, s * step + 1 + md:s * step + 1 + 2 * md][past] = 0
@@ -353,5 +449,7 @@ def crossover(A: np.ndarray, B: np.ndarray, rng: np.random.Generator
     return np.where(swap, B, A), np.where(swap, A, B)
 
 
-__all__ = ["bounds", "canonical", "check_vector", "crossover", "decode", "encode", "load",
-           "load_many", "mutate", "n_var", "name", "parse", "parse_name", "resolution_genes", "sample"]
+__all__ = ["bounds", "canonical", "check_vector", "crossover", "decode", "depth_table",
+           "encode", "load", "load_many", "mutate", "n_var", "n_width_genes", "name", "parse",
+           "parse_name", "resolution_genes", "sample", "stage_widths", "width_gene",
+           "width_table"]

@@ -38,9 +38,11 @@ def activation(name: str) -> nn.Module:
         return nn.ReLU()
     if name == "hswish":
         return nn.Hardswish()
+    if name == "swish":
+        return nn.SiLU()
     if name == "none":
         return nn.Identity()
-    raise ValueError(f"unknown activation {name!r}; allowed: relu, hswish, none")
+    raise ValueError(f"unknown activation {name!r}; allowed: relu, hswish, swish, none")
 
 
 class ConvBNAct(nn.Module):
@@ -78,15 +80,36 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.relu(self.reduce(s))))
 
 
+class MultiPathDepthwise(nn.Module):
+    """MixPath's multi-path layer: the depthwise convolutions of several kernel sizes on one
+    input, summed, then one BatchNorm and the activation."""
+
+    def __init__(self, channels: int, kernels: tuple[int, ...], stride: int, act: str) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(channels, channels, k, stride, k // 2,
+                                              groups=channels, bias=False) for k in kernels])
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs[0](x)
+        for conv in self.convs[1:]:
+            y = y + conv(x)
+        return self.act(self.bn(y))
+
+
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand (absent when ``expand_conv`` is False), depthwise
-    kxk, optional SE, 1x1 linear projection, identity shortcut when ``residual``."""
+    kxk (with ``paths``, the sum of depthwise convolutions of those sizes), optional SE, 1x1
+    linear projection, identity shortcut when ``residual``."""
 
     def __init__(self, cin: int, mid: int, cout: int, kernel: int, stride: int, act: str,
-                 se_mid: int = 0, residual: bool = False, expand_conv: bool = True) -> None:
+                 se_mid: int = 0, residual: bool = False, expand_conv: bool = True,
+                 paths: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.inverted_bottleneck = ConvBNAct(cin, mid, 1, act=act) if expand_conv else None
-        self.depth_conv = ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act)
+        self.depth_conv = MultiPathDepthwise(mid, paths, stride, act) if paths else \
+            ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act)
         self.se = SqueezeExcite(mid, se_mid) if se_mid else None
         self.point_linear = ConvBNAct(mid, cout, 1)
         self.residual = residual

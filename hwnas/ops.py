@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from torch import nn
 
+from hwnas import encoding
 from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv
 from hwnas.space import Arch, SearchSpace, _conv_out, _num
 
@@ -41,13 +42,21 @@ class OpSpec:
     act: str = "none"
     se_mid: int = 0
     residual: bool = False
+    paths: tuple[int, ...] = ()   # a multi-path block's kernel sizes (summed); () one path
 
     @property
     def key(self) -> str:
-        """e.g. ``mbconv:56x24-72-40:k5s2:e3:relu:se24:res0``."""
+        """e.g. ``mbconv:56x24-72-40:k5s2:e3:relu:se24:res0`` (``...:res0:p3+7`` for a block
+        that sums the depthwise paths of kernels 3 and 7)."""
+        paths = f":p{'+'.join(map(str, self.paths))}" if self.paths else ""
         return (f"{self.kind}:{self.hw}x{self.cin}-{self.mid}-{self.cout}:k{self.kernel}"
                 f"s{self.stride}:e{_num(self.expand)}:{self.act}:se{self.se_mid}"
-                f":res{int(self.residual)}")
+                f":res{int(self.residual)}{paths}")
+
+    @property
+    def dw_kernels(self) -> tuple[int, ...]:
+        """The depthwise kernel size of every path."""
+        return self.paths or (self.kernel,)
 
     @property
     def out_hw(self) -> int:
@@ -64,16 +73,22 @@ class OpSpec:
         """Flat form for a DataFrame row (plus ``key``)."""
         out = asdict(self)
         out["expand"] = float(self.expand)
+        del out["paths"]
+        if self.paths:  # a column only where a table holds multi-path ops
+            out["paths"] = "+".join(map(str, self.paths))
         out["key"] = self.key
         return out
 
     @classmethod
     def from_row(cls, row: dict) -> "OpSpec":
-        fields = {f: row[f] for f in cls.__dataclass_fields__}
+        fields = {f: row[f] for f in cls.__dataclass_fields__ if f != "paths"}
         for name in ("hw", "cin", "cout", "mid", "kernel", "stride", "se_mid"):
             fields[name] = int(fields[name])
         fields["residual"] = bool(fields["residual"])
         fields["expand"] = _num(fields["expand"])
+        paths = row.get("paths")
+        if isinstance(paths, str) and paths:
+            fields["paths"] = tuple(int(k) for k in paths.split("+"))
         return cls(**fields)
 
     # ---------------------------------------------------------------- counting
@@ -85,7 +100,7 @@ class OpSpec:
             return ho * ho * self.cout * self.cin * self.kernel ** 2
         if self.kind in ("first", "mbconv"):
             macs = self.hw * self.hw * self.cin * self.mid if self.kind == "mbconv" else 0
-            macs += ho * ho * self.mid * self.kernel ** 2
+            macs += ho * ho * self.mid * sum(k * k for k in self.dw_kernels)
             macs += 2 * self.mid * self.se_mid
             return macs + ho * ho * self.mid * self.cout
         if self.kind == "final_expand":
@@ -99,7 +114,7 @@ class OpSpec:
             return self.cout * self.cin * self.kernel ** 2 + 2 * self.cout
         if self.kind in ("first", "mbconv"):
             n = self.cin * self.mid + 2 * self.mid if self.kind == "mbconv" else 0
-            n += self.mid * self.kernel ** 2 + 2 * self.mid
+            n += self.mid * sum(k * k for k in self.dw_kernels) + 2 * self.mid
             if self.se_mid:
                 n += 2 * self.mid * self.se_mid + self.se_mid + self.mid
             return n + self.mid * self.cout + 2 * self.cout
@@ -116,7 +131,8 @@ class OpSpec:
             m: nn.Module = ConvBNAct(self.cin, self.cout, self.kernel, self.stride, act=self.act)
         elif self.kind in ("first", "mbconv"):
             m = MBConv(self.cin, self.mid, self.cout, self.kernel, self.stride, self.act,
-                       self.se_mid, self.residual, expand_conv=self.kind == "mbconv")
+                       self.se_mid, self.residual, expand_conv=self.kind == "mbconv",
+                       paths=self.paths)
         elif self.kind == "final_expand":
             m = ConvBNAct(self.cin, self.cout, 1, act=self.act)
         elif self.kind == "feature_mix":
@@ -128,23 +144,30 @@ class OpSpec:
         return m.eval()
 
 
-def block_op(space: SearchSpace, resolution: int, stage: int, index: int, kernel: int,
-             expand: float) -> OpSpec:
-    """The op of one elastic block at a position of the network."""
+def block_op(space: SearchSpace, resolution: int, stage: int, index: int, kernel,
+             expand: float, widths: Sequence[int] = ()) -> OpSpec:
+    """The op of one elastic block at a position of the network; ``kernel`` is a kernel
+    size or (multi-path spaces) a tuple of them, ``widths`` the arch's stage widths
+    (default: the widest)."""
     spec = space.stages[stage]
-    cin = space.block_input_channels(stage, index)
-    cout = space.stage_widths[stage]
+    cin = space.block_input_channels(stage, index, widths)
+    cout = (widths or space.stage_widths)[stage]
     stride = spec.stride if index == 0 else 1
     mid = space.mid_channels(cin, expand)
     hw = space.feature_size(resolution, stage)
     if index > 0:
         hw = _conv_out(hw, spec.stride)
+    paths = kernel if isinstance(kernel, tuple) and len(kernel) > 1 else ()
+    if isinstance(kernel, tuple):
+        kernel = max(kernel)
     return OpSpec("mbconv", hw, cin, cout, mid, expand, kernel, stride, spec.act,
-                  space.se_channels(mid) if spec.se else 0, stride == 1 and cin == cout)
+                  space.se_channels(mid) if spec.se else 0, stride == 1 and cin == cout, paths)
 
 
-def fixed_ops(space: SearchSpace, resolution: int) -> tuple[list[OpSpec], list[OpSpec]]:
-    """The ops every subnet at ``resolution`` has: (before the stages, after them)."""
+def fixed_ops(space: SearchSpace, resolution: int, last_width: int | None = None
+              ) -> tuple[list[OpSpec], list[OpSpec]]:
+    """The ops every subnet at ``resolution`` has: (before the stages, after them);
+    ``last_width``: the last stage's width (default: its widest)."""
     stem_c, first_c = space.stem_channels, space.first_block_channels
     hw = _conv_out(resolution, 2)
     head = [
@@ -153,7 +176,7 @@ def fixed_ops(space: SearchSpace, resolution: int) -> tuple[list[OpSpec], list[O
         OpSpec("first", hw, stem_c, first_c, stem_c, 1, 3, 1, space.first_block_act, 0,
                stem_c == first_c),
     ]
-    last_c = space.stage_widths[-1]
+    last_c = last_width or space.stage_widths[-1]
     fe, fm = space.final_expand_channels, space.feature_mix_channels
     tail = [
         OpSpec("final_expand", space.feature_size(resolution), last_c, fe, act="hswish"),
@@ -165,8 +188,9 @@ def fixed_ops(space: SearchSpace, resolution: int) -> tuple[list[OpSpec], list[O
 
 def ops(arch: Arch, space: SearchSpace) -> list[OpSpec]:
     """The subnet's ops in execution order."""
-    head, tail = fixed_ops(space, arch.r)
-    blocks = [block_op(space, arch.r, s, b, k, e) for s, b, k, e in space.active_blocks(arch)]
+    head, tail = fixed_ops(space, arch.r, arch.w[-1] if arch.w else None)
+    blocks = [block_op(space, arch.r, s, b, k, e, arch.w)
+              for s, b, k, e in space.active_blocks(arch)]
     return head + blocks + tail
 
 
@@ -190,13 +214,39 @@ def unique_ops(space: SearchSpace, resolutions: Sequence[int] | None = None) -> 
     """Every distinct op any subnet of the space can contain (what a full LUT holds)."""
     seen: dict[str, OpSpec] = {}
     for r in resolutions or space.resolutions:
-        head, tail = fixed_ops(space, r)
-        blocks = [block_op(space, r, s, b, k, e)
-                  for s in range(space.n_stages) for b in range(space.max_depth)
-                  for k in space.kernels for e in space.expands]
-        for op in head + blocks + tail:
+        for op in _position_ops(space, r):
             seen.setdefault(op.key, op)
     return list(seen.values())
+
+
+def _position_ops(space: SearchSpace, r: int) -> Iterator[OpSpec]:
+    """Every op at every position of a net at ``r`` px: fixed ones, then each block with
+    every (input width, output width, kernel, expand) it can see."""
+    for last in space.width_choices(space.n_stages - 1):
+        head, tail = fixed_ops(space, r, last)
+        yield from head + tail
+    for s in range(space.n_stages):
+        for b in range(max(space.stage_depths(s))):
+            for widths in _width_pairs(space, s, b):
+                for k in space.kernel_choices:
+                    for e in space.stage_expands(s):
+                        yield block_op(space, r, s, b, k, e, widths)
+
+
+def _width_pairs(space: SearchSpace, s: int, b: int) -> list[tuple[int, ...]]:
+    """Arch widths (only stages s-1 and s matter) for every (input, output) width a block
+    at stage ``s``, index ``b`` can see."""
+    full = list(space.stage_widths)
+    ins = space.width_choices(s - 1) if s > 0 and b == 0 else (None,)
+    out = []
+    for w_in in ins:
+        for w_out in space.width_choices(s):
+            widths = list(full)
+            widths[s] = w_out
+            if w_in is not None:
+                widths[s - 1] = w_in
+            out.append(tuple(widths))
+    return out
 
 
 # ------------------------------------------------------------------ fast counting
@@ -209,38 +259,71 @@ class Counts:
 
 
 @functools.lru_cache(maxsize=16)
-def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[OpSpec]]]:
-    """Every block op by position: an object array [R, S, D, K, E] of :class:`OpSpec`, and
-    per resolution the fixed ops (stem, first block, head). The basis of every vectorised
-    per-arch sum (MACs, params, LUT latency)."""
+def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[list[OpSpec]]]]:
+    """Every block op by position: an object array [R, S, D, Win, W, K, E] of
+    :class:`OpSpec` (Win: the width gene of the stage before for a stage's first block, of
+    its own stage otherwise; W: its own stage's width gene; choices a stage lacks repeat its
+    last), and per resolution and last-stage width gene the fixed ops (stem, first block,
+    head). The basis of every vectorised per-arch sum (MACs, params, LUT latency)."""
     R, S, D = len(space.resolutions), space.n_stages, space.max_depth
-    K, E = len(space.kernels), len(space.expands)
-    grid = np.empty((R, S, D, K, E), dtype=object)
+    widths = encoding.width_table(space)
+    W = widths.shape[1]
+    K = len(space.kernel_choices)
+    E = max(len(space.stage_expands(s)) for s in range(S))
+    grid = np.empty((R, S, D, W, W, K, E), dtype=object)
     fixed = []
     for ri, r in enumerate(space.resolutions):
-        head, tail = fixed_ops(space, r)
-        fixed.append(head + tail)
+        per_width = []
+        for last in widths[-1]:
+            head, tail = fixed_ops(space, r, int(last))
+            per_width.append(head + tail)
+        fixed.append(per_width)
         for s in range(S):
+            expands = space.stage_expands(s)
             for b in range(D):
-                for ki, k in enumerate(space.kernels):
-                    for ei, e in enumerate(space.expands):
-                        grid[ri, s, b, ki, ei] = block_op(space, r, s, b, k, e)
+                for wi in range(W):
+                    for wo in range(W):
+                        arch_w = [int(w) for w in widths[:, 0]]
+                        arch_w[s] = int(widths[s, wo])
+                        if b == 0 and s > 0:
+                            arch_w[s - 1] = int(widths[s - 1, wi])
+                        elif wi != wo:
+                            continue  # never indexed: a later block's input is its stage's
+                        for ki, k in enumerate(space.kernel_choices):
+                            for ei in range(E):
+                                e = expands[min(ei, len(expands) - 1)]
+                                grid[ri, s, b, wi, wo, ki, ei] = block_op(
+                                    space, r, s, b, k, e, tuple(arch_w))
+    # unreachable cells (wi != wo past a stage's first block) copy a reachable one so every
+    # cell tabulates; they are never summed
+    for idx in zip(*np.nonzero(grid == None)):  # noqa: E711
+        ri, s, b, wi, wo, ki, ei = idx
+        grid[idx] = grid[ri, s, b, wo, wo, ki, ei]
     return grid, fixed
 
 
 def tabulate(space: SearchSpace, value, dtype=np.float64, by_resolution: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
-    """``value(op)`` for every block position ([R, S, D, K, E, ...]) and the sum over each
-    resolution's fixed ops ([R, ...]). ``value`` may return a number or a tuple; with
-    ``by_resolution`` it is called as ``value(op, r)`` with the network's input size."""
+    """``value(op)`` for every block position ([R, S, D, Win, W, K, E, ...]) and the sum over
+    each resolution's fixed ops ([R, W, ...]). ``value`` may return a number or a tuple;
+    with ``by_resolution`` it is called as ``value(op, r)`` with the network's input size."""
     grid, fixed = op_grid(space)
     call = value if by_resolution else (lambda op, r: value(op))
-    sample = np.asarray(call(grid.flat[0], space.resolutions[0]), dtype=dtype)
+    cache: dict = {}
+
+    def cached(op, r):
+        key = (op, r)
+        if key not in cache:
+            cache[key] = np.asarray(call(op, r), dtype=dtype)
+        return cache[key]
+
+    sample = cached(grid.flat[0], space.resolutions[0])
     blocks = np.zeros(grid.shape + sample.shape, dtype=dtype)
     for idx, op in np.ndenumerate(grid):
-        blocks[idx] = call(op, space.resolutions[idx[0]])
-    fixed_sum = np.stack([np.sum([np.asarray(call(op, r), dtype=dtype) for op in ops_r],
-                                 axis=0) for r, ops_r in zip(space.resolutions, fixed)])
+        blocks[idx] = cached(op, space.resolutions[idx[0]])
+    fixed_sum = np.stack([np.stack([np.sum([cached(op, r) for op in ops_w], axis=0)
+                                    for ops_w in ops_r])
+                          for r, ops_r in zip(space.resolutions, fixed)])
     return blocks, fixed_sum
 
 
@@ -251,22 +334,26 @@ def sum_over_archs(X: np.ndarray, space: SearchSpace, blocks: np.ndarray,
     ``per_stage``, returns (block sums per stage [n, S, ...], fixed part [n, ...])."""
     D, step = space.max_depth, 1 + 2 * space.max_depth
     ri = X[:, -1]
-    depths = np.asarray(space.depths)
+    depths = encoding.depth_table(space)
+    wg = encoding.stage_widths(space, X)          # [n, S] width genes
     per = []
     for s in range(space.n_stages):
         g = X[:, s * step:(s + 1) * step]
-        depth = depths[g[:, 0]]
-        acc = blocks[ri, s, 0, g[:, 1], g[:, 1 + D]].copy()  # every stage has a first block
+        depth = depths[s][g[:, 0]]
+        w_out = wg[:, s]
+        w_in = wg[:, s - 1] if s > 0 else w_out
+        acc = blocks[ri, s, 0, w_in, w_out, g[:, 1], g[:, 1 + D]].copy()  # first block
         for b in range(1, D):
-            cost = blocks[ri, s, b, g[:, 1 + b], g[:, 1 + D + b]]
+            cost = blocks[ri, s, b, w_out, w_out, g[:, 1 + b], g[:, 1 + D + b]]
             active = depth > b
             if cost.ndim > 1:
                 active = active.reshape((-1,) + (1,) * (cost.ndim - 1))
             acc += np.where(active, cost, 0)
         per.append(acc)
+    fixed_part = fixed[ri, wg[:, -1]]
     if per_stage:
-        return np.stack(per, axis=1), fixed[ri]
-    return fixed[ri] + sum(per)
+        return np.stack(per, axis=1), fixed_part
+    return fixed_part + sum(per)
 
 
 @functools.lru_cache(maxsize=16)
@@ -308,9 +395,28 @@ def describe(arch: Arch, space: SearchSpace) -> Table:
                    "MACs (M)", "params (K)"])
     for i, op in enumerate(ops(arch, space)):
         table.rows.append([str(i), op.kind, f"{op.hw}x{op.hw}", str(op.cin), str(op.mid or ""),
-                           str(op.cout), str(op.kernel), str(op.stride), f"{op.expand:g}",
+                           str(op.cout), "+".join(map(str, op.dw_kernels)), str(op.stride),
+                           f"{op.expand:g}",
                            op.act, str(op.se_mid or ""), "y" if op.residual else "",
                            f"{op.macs / 1e6:.3f}", f"{op.params / 1e3:.1f}"])
+    return table
+
+
+def describe_presets() -> Table:
+    """Every registered space preset with its size and origin (``hwnas space list``)."""
+    from hwnas.display import Table
+    from hwnas.space import PRESET_ORIGINS, SPACES
+
+    table = Table("search space presets", ["preset", "networks", "unique ops", "MACs (M)",
+                                           "params (M)", "px", "from"])
+    for name in SPACES:
+        sp = SPACES.create(name)
+        lo, hi = count(sp.smallest(), sp), count(sp.largest(), sp)
+        table.rows.append([name, f"{sp.size():.1e}", str(len(unique_ops(sp))),
+                           f"{lo.macs / 1e6:.1f}-{hi.macs / 1e6:.0f}",
+                           f"{lo.params / 1e6:.2f}-{hi.params / 1e6:.2f}",
+                           f"{min(sp.resolutions)}-{max(sp.resolutions)}",
+                           PRESET_ORIGINS.get(name, "")])
     return table
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from hwnas import encoding
 from hwnas.errors import HwnasError, LutError, check_settings, read_json
 from hwnas.files import atomic_write_text
 from hwnas.lut import LatencyTable
@@ -110,7 +111,8 @@ class Features:
         counts = count_batch(X, sp)
         res = np.asarray(sp.resolutions)[X[:, -1]]
         step = 1 + 2 * sp.max_depth
-        n_blocks = np.asarray(sp.depths)[X[:, 0::step][:, :sp.n_stages]].sum(1)
+        depths = encoding.depth_table(sp)
+        n_blocks = sum(depths[s][X[:, s * step]] for s in range(sp.n_stages))
         F = np.column_stack([X, stages, fixed, lut_sum, counts[:, 0] / 1e6,
                              counts[:, 1] / 1e6, res, n_blocks]).astype(np.float32)
         return F, lut_sum

@@ -479,12 +479,11 @@ def sample_subnets(space: SearchSpace, n: int, seed: int = 0,
     ``resolutions`` when given)."""
     res = sorted(resolutions) if resolutions else list(space.resolutions)
     lo, hi = space.smallest(), space.largest()
-    archs = {space.arch(r=res[0], d=lo.d, k=lo.k, e=lo.e): None,
-             space.arch(r=res[-1], d=hi.d, k=hi.k, e=hi.e): None}
+    archs = {space.at_resolution(lo, res[0]): None, space.at_resolution(hi, res[-1]): None}
     rng = np.random.default_rng(seed)
     while len(archs) < n:
         a = space.sample(1, rng)[0]
-        archs[space.arch(r=int(rng.choice(res)), d=a.d, k=a.k, e=a.e)] = None
+        archs[space.at_resolution(a, int(rng.choice(res)))] = None
     return list(archs)[:max(n, 2)]
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from hwnas.display import Table
 from hwnas.errors import HwnasError, check_settings
 from hwnas.files import atomic_write_json, atomic_write_text
+from hwnas.space import PRESET_ORIGINS
 
 
 class QuickstartError(HwnasError, ValueError):
@@ -419,7 +420,10 @@ on this CPU, export the winner with those weights, evaluate it on your ImageNet 
       --accuracy ofa-predictor:acc_predictor.pth --evaluations 2000 --out runs/imagenet
   hwnas export --arch runs/imagenet --checkpoint ofa-w1.2.pt --format onnx,tflite \\
       --device cpu-onnxruntime --out export/imagenet
-  hwnas evaluate --arch runs/imagenet --checkpoint ofa-w1.2.pt --data imagefolder:/data/imagenet"""
+  hwnas evaluate --arch runs/imagenet --checkpoint ofa-w1.2.pt --data imagefolder:/data/imagenet
+Other spaces: every command takes --space NAME of """ + ", ".join(PRESET_ORIGINS) + """
+(AttentiveNAS's elastic stage widths, MixPath's summed kernel paths with shadow BN, each also
+at the small space's size); 'hwnas space list' shows their sizes and where they come from."""
 
 
 __all__ = ["QuickstartConfig", "QuickstartError", "QuickstartResult", "default_budget", "run",

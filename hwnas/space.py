@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from hwnas.encoding import _num
 from hwnas.errors import SpaceError
 from hwnas.registry import Registry
 
-ACTIVATIONS = ("relu", "hswish")
+ACTIVATIONS = ("relu", "hswish", "swish")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -38,35 +39,70 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of elastic blocks: output width, stride of its first block, activation, SE."""
+    """One stage of elastic blocks: output width, stride of its first block, activation, SE.
+
+    ``widths``, ``depths`` and ``expands`` give the stage its own choices (AttentiveNAS's
+    space has them per stage); empty, the space's apply (``width`` fixed unless the space
+    has ``width_mults``)."""
 
     width: int
     stride: int
     act: str
     se: bool
+    widths: tuple[int, ...] = ()
+    depths: tuple[int, ...] = ()
+    expands: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; per-stage choices only where set, so older spaces keep their ids."""
+        out: dict[str, Any] = {"width": self.width, "stride": self.stride, "act": self.act,
+                               "se": self.se}
+        for name in ("widths", "depths", "expands"):
+            if getattr(self, name):
+                out[name] = [_num(v) for v in getattr(self, name)]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StageSpec":
+        data = dict(data)
+        for name in ("widths", "depths", "expands"):
+            if name in data:
+                data[name] = tuple(data[name])
+        return cls(**data)
 
 
 @dataclass(frozen=True)
 class Arch:
-    """One network of a search space, in the JSON form ``{"r", "d", "k", "e"}``.
+    """One network of a search space, in the JSON form ``{"r", "d", "k", "e"}`` (plus
+    ``"w"`` in a space with elastic widths).
 
     ``k`` and ``e`` hold ``max_depth`` slots per stage; slots beyond a stage's depth are
-    unused. Make archs with :meth:`SearchSpace.arch` (validated and canonical); a raw
-    ``Arch(...)`` is not checked.
+    unused. In a multi-path space a ``k`` slot is the tuple of kernel sizes whose paths the
+    layer sums. ``w`` holds each stage's output width in channels; it is empty in a space of
+    fixed widths, so those archs (and their keys) are what they always were. Make archs with
+    :meth:`SearchSpace.arch` (validated and canonical); a raw ``Arch(...)`` is not checked.
     """
 
     r: int
     d: tuple[int, ...]
-    k: tuple[int, ...]
+    k: tuple[int | tuple[int, ...], ...]
     e: tuple[float, ...]
+    w: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"r": int(self.r), "d": [int(v) for v in self.d], "k": [int(v) for v in self.k],
-                "e": [_num(v) for v in self.e]}
+        out = {"r": int(self.r), "d": [int(v) for v in self.d],
+               "k": [[int(p) for p in v] if isinstance(v, tuple) else int(v) for v in self.k],
+               "e": [_num(v) for v in self.e]}
+        if self.w:
+            out["w"] = [int(v) for v in self.w]
+        return out
 
     def to_ofa(self) -> dict[str, Any]:
         """Once-for-All's spelling (``ks``/``e``/``d`` plus ``r``)."""
+        if self.w or any(isinstance(v, tuple) for v in self.k):
+            raise SpaceError("Once-for-All's arch format has no widths and no path sets; "
+                             "write this arch in hwnas's JSON form")
         out = self.to_dict()
         return {"ks": out["k"], "e": out["e"], "d": out["d"], "r": out["r"]}
 
@@ -105,6 +141,8 @@ class SearchSpace:
     num_classes: int = 1000
     width_mult: float = 1.0
     se_reduction: int = 4
+    width_mults: tuple[float, ...] = ()   # elastic stage widths: these multiples of each base
+    max_paths: int = 1                    # > 1: a layer sums 1..max_paths kernel paths (MixPath)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -125,6 +163,17 @@ class SearchSpace:
             need(s.stride in (1, 2), f"stage {i} stride must be 1 or 2, got {s.stride}")
             need(s.act in ACTIVATIONS, f"stage {i} act must be one of {ACTIVATIONS}, got {s.act!r}")
             need(s.width > 0, f"stage {i} width must be positive, got {s.width}")
+            for name in ("widths", "depths", "expands"):
+                values = getattr(s, name)
+                need(list(values) == sorted(set(values)) and all(v > 0 for v in values),
+                     f"stage {i} {name} must be positive, distinct and ascending: {values}")
+            need(all(int(d) == d for d in s.depths), f"stage {i} depths must be integers")
+        need(list(self.width_mults) == sorted(set(self.width_mults))
+             and all(m > 0 for m in self.width_mults),
+             f"width_mults must be positive, distinct and ascending: {self.width_mults}")
+        need(1 <= self.max_paths <= len(self.kernels),
+             f"max_paths must be in 1..{len(self.kernels)} (the number of kernels), "
+             f"got {self.max_paths}")
         need(self.width_mult > 0, f"width_mult must be positive, got {self.width_mult}")
         need(self.num_classes > 0, f"num_classes must be positive, got {self.num_classes}")
         for act in (self.stem_act, self.first_block_act):
@@ -136,6 +185,64 @@ class SearchSpace:
         """Once-for-All's MobileNetV3 space (width 1.0, or 1.2)."""
         name = "default" if width_mult == 1.0 else f"default-w{width_mult:g}"
         return cls(name=name, width_mult=width_mult)
+
+    @classmethod
+    def attentive(cls) -> "SearchSpace":
+        """AttentiveNAS's space (Wang et al., CVPR 2021; its released training config): six
+        searchable stages with their own widths, depths and expands, kernels 3/5, swish,
+        192-288 px. Fixed here: the stem and the first block at their widest (24; AttentiveNAS
+        searches 16/24 and 1-2 first blocks of kernel 3/5) and the head (final expand 6x224,
+        feature mix 1984 of 1792/1984)."""
+        sw = "swish"
+        return cls(
+            name="attentive", stem_width=24, first_block_width=24, first_block_act=sw,
+            stem_act=sw,
+            stages=(StageSpec(32, 2, sw, False, (24, 32), (3, 4, 5), (4, 5, 6)),
+                    StageSpec(40, 2, sw, True, (32, 40), (3, 4, 5, 6), (4, 5, 6)),
+                    StageSpec(72, 2, sw, False, (64, 72), (3, 4, 5, 6), (4, 5, 6)),
+                    StageSpec(128, 1, sw, True, (112, 120, 128), (3, 4, 5, 6, 7, 8),
+                              (4, 5, 6)),
+                    StageSpec(216, 2, sw, True, (192, 200, 208, 216), (3, 4, 5, 6, 7, 8),
+                              (6,)),
+                    StageSpec(224, 1, sw, True, (216, 224), (1, 2), (6,))),
+            depths=(1, 2, 3, 4, 5, 6, 7, 8), kernels=(3, 5), expands=(4, 5, 6),
+            resolutions=(192, 224, 256, 288), final_expand_width=1344,
+            feature_mix_width=1984)
+
+    @classmethod
+    def attentive_small(cls) -> "SearchSpace":
+        """AttentiveNAS's structure at the small space's size (for tests and the embedded
+        digits): per-stage width choices (two to four each, as AttentiveNAS has), depths,
+        kernels 3/5 and expands 4-6 (6 only in the last two stages), swish, 32-48 px."""
+        sw = "swish"
+        return cls(
+            name="attentive-small", stem_width=8, first_block_width=8, first_block_act=sw,
+            stem_act=sw,
+            stages=(StageSpec(24, 2, sw, False, (16, 24), (1, 2, 3), (4, 5, 6)),
+                    StageSpec(32, 2, sw, True, (24, 32), (1, 2, 3), (4, 5, 6)),
+                    StageSpec(40, 2, sw, False, (32, 40), (1, 2, 3), (4, 5, 6)),
+                    StageSpec(56, 1, sw, True, (40, 48, 56), (1, 2, 3, 4), (4, 5, 6)),
+                    StageSpec(88, 2, sw, True, (64, 72, 80, 88), (1, 2, 3, 4), (6,)),
+                    StageSpec(96, 1, sw, True, (88, 96), (1, 2), (6,))),
+            depths=(1, 2, 3, 4), kernels=(3, 5), expands=(4, 5, 6),
+            resolutions=(32, 40, 48), final_expand_width=576, feature_mix_width=256,
+            num_classes=10)
+
+    @classmethod
+    def mixpath(cls) -> "SearchSpace":
+        """A MixPath space (Chu et al., ICCV 2023) on Once-for-All's MobileNetV3 structure:
+        every searchable layer sums the depthwise paths of a non-empty set of up to two
+        kernels of 3/5/7/9 inside one inverted bottleneck (expand 3 or 6), and the sum goes
+        through a shadow BN, one per number of active paths (``hwnas train
+        --no-shadow-bn`` for one BN)."""
+        return dataclasses.replace(cls.default(), name="mixpath", kernels=(3, 5, 7, 9),
+                                   expands=(3, 6), max_paths=2)
+
+    @classmethod
+    def mixpath_small(cls) -> "SearchSpace":
+        """``mixpath`` at the small space's size (tests, the embedded digits)."""
+        return dataclasses.replace(cls.small(), name="mixpath-small", kernels=(3, 5, 7, 9),
+                                   expands=(3, 6), max_paths=2)
 
     @classmethod
     def small(cls) -> "SearchSpace":
@@ -153,18 +260,24 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """Every parameter, JSON-ready (stored in LUTs, predictors and checkpoints)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["stages"] = [dataclasses.asdict(s) for s in self.stages]
-        for name in ("depths", "kernels", "expands", "resolutions"):
+        out["stages"] = [s.to_dict() for s in self.stages]
+        for name in ("depths", "kernels", "expands", "resolutions", "width_mults"):
             out[name] = [_num(v) for v in out[name]]
+        # parameters added later are written only when set, so older spaces keep their ids
+        if not self.width_mults:
+            del out["width_mults"]
+        if self.max_paths == 1:
+            del out["max_paths"]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
         data = dict(data)
         try:
-            data["stages"] = tuple(StageSpec(**s) for s in data["stages"])
-            for name in ("depths", "kernels", "expands", "resolutions"):
-                data[name] = tuple(data[name])
+            data["stages"] = tuple(StageSpec.from_dict(s) for s in data["stages"])
+            for name in ("depths", "kernels", "expands", "resolutions", "width_mults"):
+                if name in data:
+                    data[name] = tuple(data[name])
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise SpaceError(f"not a search space description: {exc}") from None
@@ -208,7 +321,37 @@ class SearchSpace:
 
     @property
     def stage_widths(self) -> tuple[int, ...]:
-        return tuple(self._w(s.width) for s in self.stages)
+        """Each stage's widest output (the supernet's width)."""
+        return tuple(max(self.width_choices(s)) for s in range(self.n_stages))
+
+    def width_choices(self, stage: int) -> tuple[int, ...]:
+        """The output widths (channels) stage ``stage`` may take, ascending."""
+        spec = self.stages[stage]
+        if spec.widths:
+            return tuple(self._w(w) for w in spec.widths)
+        if self.width_mults:
+            return tuple(sorted({self._w(spec.width * m) for m in self.width_mults}))
+        return (self._w(spec.width),)
+
+    @property
+    def elastic_widths(self) -> bool:
+        """Whether archs choose stage widths (and carry ``w``)."""
+        return any(len(self.width_choices(s)) > 1 for s in range(self.n_stages))
+
+    def stage_depths(self, stage: int) -> tuple[int, ...]:
+        return self.stages[stage].depths or self.depths
+
+    def stage_expands(self, stage: int) -> tuple[float, ...]:
+        return self.stages[stage].expands or self.expands
+
+    @property
+    def kernel_choices(self) -> tuple:
+        """What a layer's kernel gene chooses: a kernel size, or in a multi-path space a
+        non-empty set of up to ``max_paths`` kernel sizes (a sorted tuple)."""
+        if self.max_paths == 1:
+            return self.kernels
+        return tuple(c for n in range(1, self.max_paths + 1)
+                     for c in itertools.combinations(self.kernels, n))
 
     @property
     def final_expand_channels(self) -> int:
@@ -224,7 +367,7 @@ class SearchSpace:
 
     @property
     def max_depth(self) -> int:
-        return max(self.depths)
+        return max(max(self.stage_depths(s)) for s in range(self.n_stages))
 
     @property
     def n_blocks(self) -> int:
@@ -238,10 +381,17 @@ class SearchSpace:
     def se_channels(self, mid: int) -> int:
         return make_divisible(mid // self.se_reduction, 8)
 
-    def block_input_channels(self, stage: int, index: int) -> int:
+    def block_input_channels(self, stage: int, index: int, widths: Sequence[int] = ()) -> int:
+        """Input channels of a block; ``widths``: the arch's stage widths (default: the
+        widest, the supernet's)."""
+        widths = widths or self.stage_widths
         if index > 0:
-            return self.stage_widths[stage]
-        return self.stage_widths[stage - 1] if stage > 0 else self.first_block_channels
+            return widths[stage]
+        return widths[stage - 1] if stage > 0 else self.first_block_channels
+
+    def arch_widths(self, arch: Arch) -> tuple[int, ...]:
+        """The stage output widths of ``arch`` (the only ones in a fixed-width space)."""
+        return arch.w or self.stage_widths
 
     def feature_size(self, resolution: int, stage: int | None = None) -> int:
         """Input height/width of ``stage`` (of the final expand when ``stage`` is None)."""
@@ -256,6 +406,10 @@ class SearchSpace:
         """Validate and canonicalise an arch: an :class:`Arch`, ``{"r", "d", "k", "e"}``,
         Once-for-All's dict, or the same as keywords (:func:`hwnas.encoding.parse`)."""
         return encoding.parse(self, obj, **fields)
+
+    def at_resolution(self, arch: Arch, r: int) -> Arch:
+        """The same network at input size ``r`` (checked: ``r`` must be in the space)."""
+        return self.arch(dataclasses.replace(arch, r=r))
 
     def load_arch(self, path: str | Path) -> Arch:
         """Read an arch from a JSON file (the JSON form or OFA's)."""
@@ -323,9 +477,12 @@ class SearchSpace:
 
     def size(self) -> int:
         """The exact number of distinct networks (canonical archs) in the space."""
-        per_block = len(self.kernels) * len(self.expands)
-        per_stage = sum(per_block ** d for d in self.depths)
-        return per_stage ** self.n_stages * len(self.resolutions)
+        total = len(self.resolutions)
+        for s in range(self.n_stages):
+            per_block = len(self.kernel_choices) * len(self.stage_expands(s))
+            total *= sum(per_block ** d for d in self.stage_depths(s)) \
+                * len(self.width_choices(s))
+        return total
 
     def active_blocks(self, arch: Arch) -> Iterator[tuple[int, int, int, float]]:
         """(stage, index in stage, kernel, expand) of every block the arch uses."""
@@ -345,6 +502,21 @@ SPACES: Registry = Registry("search space", SpaceError)
 SPACES.register("default", SearchSpace.default)
 SPACES.register("default-w1.2", lambda: SearchSpace.default(1.2))
 SPACES.register("small", SearchSpace.small)
+SPACES.register("attentive", SearchSpace.attentive)
+SPACES.register("attentive-small", SearchSpace.attentive_small)
+SPACES.register("mixpath", SearchSpace.mixpath)
+SPACES.register("mixpath-small", SearchSpace.mixpath_small)
+# Where each preset comes from (``hwnas space list``).
+PRESET_ORIGINS = {
+    "default": "Once-for-All's MobileNetV3 space (Cai et al., ICLR 2020) at width 1.0",
+    "default-w1.2": "the same at width 1.2, as OFA's released w1.2 supernet",
+    "small": "the default's structure, narrow, 32-48 px, 10 classes: tests, the quickstart",
+    "attentive": "AttentiveNAS (Wang et al., CVPR 2021): widths, depths, expands per stage",
+    "attentive-small": "AttentiveNAS's structure at the small space's size",
+    "mixpath": "MixPath (Chu et al., ICCV 2023) on OFA's structure: 1-2 summed kernel "
+               "paths of 3/5/7/9, shadow BN",
+    "mixpath-small": "mixpath at the small space's size",
+}
 # The input sizes Once-for-All's released supernets were trained at.
 OFA_RESOLUTIONS = tuple(range(128, 225, 4))
 RESOLUTION_SYNTAX = "comma-separated sizes and ranges A-B:STEP, e.g. 128-224:4 or 160,192"

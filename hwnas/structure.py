@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 
+from hwnas import encoding
 from hwnas.ops import OpSpec, encode_batch, sum_over_archs, tabulate
 from hwnas.space import SearchSpace
 
@@ -42,9 +43,9 @@ def op_features(op: OpSpec, kernels: tuple[int, ...]) -> tuple[float, ...]:
             pw += op.hw * op.hw * op.cin * op.mid
             act += 2 * op.hw * op.hw * op.mid
             layers += 1
-        dw = ho * ho * op.mid * op.kernel ** 2
-        act += 2 * ho * ho * op.mid
-        layers += 1
+        dw = ho * ho * op.mid * sum(k * k for k in op.dw_kernels)
+        act += 2 * ho * ho * op.mid * len(op.dw_kernels)
+        layers += 2 * len(op.dw_kernels) - 1  # one conv per path, the adds between them
         if op.se_mid:  # pool, reduce, expand, scale
             se = 2 * op.mid * op.se_mid
             act += ho * ho * op.mid
@@ -56,7 +57,8 @@ def op_features(op: OpSpec, kernels: tuple[int, ...]) -> tuple[float, ...]:
         pw, layers, act = op.macs, 1, act + op.hw * op.hw * op.cout
     else:  # feature_mix (pool + 1x1 on the pooled map), classifier
         head, layers, act = op.macs, 1 + int(op.kind == "feature_mix"), act + op.cout
-    dw_by_kernel = [dw / 1e6 if op.kernel == k else 0.0 for k in kernels]
+    dw_by_kernel = [dw * k * k / sum(j * j for j in op.dw_kernels) / 1e6
+                    if k in op.dw_kernels else 0.0 for k in kernels]
     return (pw / 1e6, *dw_by_kernel, se / 1e6, head / 1e6, act * 4 / 1e6, op.params * 4 / 1e6,
             float(layers), 1.0)
 
@@ -70,10 +72,16 @@ def feature_names(space: SearchSpace) -> list[str]:
     """Names of :func:`structural_features`' columns."""
     names = op_feature_names(space)
     names += [f"stage{s}_{f}" for s in range(space.n_stages) for f in ("depth", "macs")]
+    if space.elastic_widths:
+        names += [f"stage{s}_width" for s in range(space.n_stages)]
     names += [f"kernel{k}" for k in space.kernels]
-    names += [f"expand{e:g}" for e in space.expands]
+    names += [f"expand{e:g}" for e in _all_expands(space)]
     names += ["blocks", "resolution", "macs", "params_m"]
     return names
+
+
+def _all_expands(space: SearchSpace) -> list[float]:
+    return sorted({e for s in range(space.n_stages) for e in space.stage_expands(s)})
 
 
 def structural_features(archs, space: SearchSpace) -> np.ndarray:
@@ -90,17 +98,25 @@ def structural_features(archs, space: SearchSpace) -> np.ndarray:
     names = op_feature_names(space)
     stage_macs = sum(per_stage[:, :, names.index(n)] for n in names
                      if n in ("pw_macs", "se_macs") or n.startswith("dw_macs"))
-    D, step = space.max_depth, 1 + 2 * space.max_depth
-    depths = np.asarray(space.depths)[X[:, 0:space.n_stages * step:step]]   # [n, S]
+    D, step, S = space.max_depth, 1 + 2 * space.max_depth, space.n_stages
+    depths = np.stack([encoding.depth_table(space)[s][X[:, s * step]] for s in range(S)], 1)
     active = np.arange(D)[None, None, :] < depths[:, :, None]              # [n, S, D]
-    k_idx = np.stack([X[:, s * step + 1:s * step + 1 + D] for s in range(space.n_stages)], 1)
-    e_idx = np.stack([X[:, s * step + 1 + D:(s + 1) * step] for s in range(space.n_stages)], 1)
-    k_hist = np.stack([((k_idx == i) & active).sum((1, 2)) for i in range(len(space.kernels))],
-                      1)
-    e_hist = np.stack([((e_idx == i) & active).sum((1, 2)) for i in range(len(space.expands))],
-                      1)
+    k_idx = np.stack([X[:, s * step + 1:s * step + 1 + D] for s in range(S)], 1)
+    e_idx = np.stack([X[:, s * step + 1 + D:(s + 1) * step] for s in range(S)], 1)
+    # blocks using each kernel size (a path set counts for each of its kernels)
+    uses = np.array([[k in (c if isinstance(c, tuple) else (c,)) for k in space.kernels]
+                     for c in space.kernel_choices], dtype=np.int64)     # [K choices, kernels]
+    k_hist = (uses[k_idx] * active[..., None]).sum((1, 2))
+    expands = _all_expands(space)
+    e_val = np.stack([np.asarray([expands.index(e) for e in space.stage_expands(s)]
+                                 )[e_idx[:, s]] for s in range(S)], 1)
+    e_hist = np.stack([((e_val == i) & active).sum((1, 2)) for i in range(len(expands))], 1)
     counts = count_batch(X, space)
     per = np.stack([depths, stage_macs], 2).reshape(len(X), -1)
+    if space.elastic_widths:
+        widths = encoding.width_table(space)
+        wg = encoding.stage_widths(space, X)
+        per = np.column_stack([per] + [widths[s][wg[:, s]] for s in range(S)])
     return np.column_stack([totals, per, k_hist, e_hist, depths.sum(1),
                             np.asarray(space.resolutions)[X[:, -1]], counts[:, 0] / 1e6,
                             counts[:, 1] / 1e6]).astype(np.float64)

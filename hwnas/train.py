@@ -79,6 +79,7 @@ class TrainConfig:
     lut_dir: str = "lut"              # attentive: where latency:DEVICE's predictor is
     ema_decay: float = 0.99           # pinas: the mean teacher's decay per step
     consistency: float = 1.0          # pinas: weight of the cross-path loss
+    shadow_bn: bool = True            # multi-path spaces: one depthwise BN per path count
 
     def __post_init__(self) -> None:
         check_settings([
@@ -194,7 +195,8 @@ def load_supernet(path: str | Path, space: SearchSpace | None = None) -> Superne
     checkpoint's space; by default its own): the weights its method rates subnets with
     (Pi-NAS: the mean teacher), which are the trained ones for most methods."""
     state = load_checkpoint(path, space)
-    net = Supernet(space or SearchSpace.from_dict(state["space"]))
+    net = Supernet(space or SearchSpace.from_dict(state["space"]),
+                   shadow_bn=state.get("config", {}).get("shadow_bn", True))
     try:
         net.load_state_dict(state.get("rating_model", state["model"]))
     except RuntimeError as exc:
@@ -227,7 +229,7 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
     out = Path(out_dir)
     ckpt = out / "last.pt"
     torch.manual_seed(cfg.seed)
-    net = Supernet(space)
+    net = Supernet(space, shadow_bn=cfg.shadow_bn)
     device = torch.device("cuda", rank % torch.cuda.device_count()) \
         if torch.cuda.is_available() else torch.device("cpu")
     net.to(device)

@@ -136,7 +136,9 @@ def test_the_registry_pattern():
     assert {"torch", "onnxruntime", "tflite", "tensorrt", "adb-tflite"} == set(BACKENDS)
     assert all(BACKENDS.get(n).name == n and BACKENDS.get(n).hardware for n in BACKENDS)
     assert FORMATS.choices() == ["onnx", "tflite", "tensorrt"]
-    assert "transfer" in PREDICTORS and SPACES.choices() == ["default", "default-w1.2", "small"]
+    assert "transfer" in PREDICTORS and SPACES.choices() == [
+        "default", "default-w1.2", "small", "attentive", "attentive-small", "mixpath",
+        "mixpath-small"]
 
 
 def test_the_pymoo_bound_admits_only_releases_that_seed_operators():

@@ -32,14 +32,22 @@ class BnIndicator:
         self.net = load_supernet(path, space)
 
     @torch.no_grad()
-    def block_score(self, s: int, b: int, e: float) -> float:
+    def block_score(self, s: int, b: int, k, e: float, widths: Sequence[int] = ()) -> float:
+        """Mean |γ| of a block's BNs over the channels the subnet uses (its widths'; a
+        multi-path layer's BN of its path count)."""
         block = self.net.stages[s][b]
-        mid = self.space.mid_channels(block.cin, e)
+        cin = self.space.block_input_channels(s, b, widths)
+        cout = (widths or self.space.stage_widths)[s]
+        mid = self.space.mid_channels(cin, e)
         return float(np.mean([block.expand_bn.weight[:mid].abs().mean(),
-                              block.dw_bn.weight[:mid].abs().mean(),
-                              block.project_bn.weight.abs().mean()]))
+                              block.dw_norm(k if isinstance(k, tuple) else (k,))
+                              .weight[:mid].abs().mean(),
+                              block.project_bn.weight[:cout].abs().mean()]))
 
     def __call__(self, archs: Sequence) -> np.ndarray:
-        return np.asarray([sum(self.block_score(s, b, e)
-                               for s, b, _, e in self.space.active_blocks(self.space.arch(a)))
-                           for a in archs])
+        out = []
+        for a in archs:
+            arch = self.space.arch(a)
+            out.append(sum(self.block_score(s, b, k, e, arch.w)
+                           for s, b, k, e in self.space.active_blocks(arch)))
+        return np.asarray(out)

@@ -40,9 +40,13 @@ def teacher_features(teacher, x: torch.Tensor, r: int) -> list[torch.Tensor]:
 
 
 def block_losses(net, arch, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Each stage of ``arch`` fed the teacher's input feature, against its output."""
-    net.set_active(arch)
-    return [relative_mse(net.run_stage(s, feats[s]), feats[s + 1])
+    """Each stage of ``arch`` fed the teacher's input feature, against its output; a
+    narrower stage (elastic widths) sees and matches the teacher's first channels, the
+    ones channel reordering keeps."""
+    arch = net.set_active(arch)
+    widths = net.space.arch_widths(arch)
+    return [relative_mse(net.run_stage(s, feats[s][:, :net.space.block_input_channels(
+                s, 0, widths)]), feats[s + 1][:, :widths[s]])
             for s in range(len(feats) - 1)]
 
 
@@ -108,7 +112,9 @@ class DnaRating:
             raise TrainError(f"{path} was not trained with --method dna (it was trained "
                              f"with {state.get('config', {}).get('method', 'sandwich')!r}); "
                              f"a DNA rating needs a DNA supernet and its teacher")
-        self.net, self.teacher = Supernet(space), Supernet(space)
+        shadow = state["config"].get("shadow_bn", True)
+        self.net = Supernet(space, shadow_bn=shadow)
+        self.teacher = Supernet(space, shadow_bn=shadow)
         self.net.load_state_dict(state["model"])
         self.teacher.load_state_dict(state["method_state"]["teacher"])
         self.net.eval()

@@ -8,6 +8,8 @@ method.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch.nn.functional as F
 
@@ -33,10 +35,11 @@ def sandwich_archs(space: SearchSpace, n_random: int, rng: np.random.Generator,
     archs = [space.sample(1, rng)[0] for _ in range(n_random)]
     if smallest_resolution == "random":
         r = space.resolutions[int(rng.integers(len(space.resolutions)))]
-        small = space.arch(r=r, d=small.d, k=small.k, e=small.e)
+        small = space.at_resolution(small, r)
     if phase != "all":
         def restrict(a: Arch) -> Arch:  # closed dimensions stay at their largest
-            return space.arch(r=a.r, d=a.d if phase == "depth" else big.d, k=a.k, e=big.e)
+            return space.arch(dataclasses.replace(a, d=a.d if phase == "depth" else big.d,
+                                                  e=big.e, w=big.w))
 
         small = restrict(small)
         archs = [restrict(a) for a in archs]

@@ -35,7 +35,7 @@ def _check_budgets(cfg: SearchConfig, space: SearchSpace, predictors: Mapping[st
         return
     smallest = space.smallest()
     r_min = space.resolutions[int(r_genes[0])]
-    smallest = space.arch(r=r_min, d=smallest.d, k=smallest.k, e=smallest.e)
+    smallest = space.at_resolution(smallest, r_min)
     floor = float(np.asarray(predictors[cfg.budget_device].predict([smallest]))[0])
     low = [b for b in cfg.budgets_ms if b < floor]
     if low:
