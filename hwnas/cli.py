@@ -474,6 +474,7 @@ def quickstart_cmd(
                                                  "to scale the ONNX Runtime LUT (default 8)"),
 ) -> None:
     """Profile this CPU, fit the predictor, train, search under a budget, export, measure."""
+    from hwnas.ops import describe_presets
     from hwnas.quickstart import NEXT_STEPS, QuickstartConfig, run
 
     cfg = QuickstartConfig.from_flags(
@@ -481,7 +482,7 @@ def quickstart_cmd(
         train_epochs=epochs, evaluations=evaluations, protocol_runs=runs,
         protocol_rounds=rounds, tflite_subnets=tflite_subnets)
     res = run(cfg, console)
-    _show(*res.tables(), notes=[NEXT_STEPS])
+    _show(*res.tables(), describe_presets(), notes=[NEXT_STEPS])
 
 def _show(*tables, notes: list[str] = ()) -> None:
     """Print result tables (``hwnas.display.Table``), then lines of notes."""

@@ -421,9 +421,8 @@ on this CPU, export the winner with those weights, evaluate it on your ImageNet 
   hwnas export --arch runs/imagenet --checkpoint ofa-w1.2.pt --format onnx,tflite \\
       --device cpu-onnxruntime --out export/imagenet
   hwnas evaluate --arch runs/imagenet --checkpoint ofa-w1.2.pt --data imagefolder:/data/imagenet
-Other spaces: every command takes --space NAME of """ + ", ".join(PRESET_ORIGINS) + """
-(AttentiveNAS's elastic stage widths, MixPath's summed kernel paths with shadow BN, each also
-at the small space's size); 'hwnas space list' shows their sizes and where they come from."""
+Other spaces (the presets table above, also 'hwnas space list'): every command takes
+--space NAME of """ + ", ".join(PRESET_ORIGINS) + """."""
 
 
 __all__ = ["QuickstartConfig", "QuickstartError", "QuickstartResult", "default_budget", "run",

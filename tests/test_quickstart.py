@@ -67,6 +67,9 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     # the pointer onwards: the ImageNet chain on Once-for-All's supernet
     assert "hwnas ofa import-supernet" in cli.stdout and "--accuracy ofa-predictor:" in \
         cli.stdout and "hwnas evaluate" in cli.stdout
+    # ... and the other spaces, with their sizes
+    assert "search space presets" in cli.stdout and "attentive-small" in cli.stdout and \
+        "MixPath" in cli.stdout
     res = json.loads((out / "result.json").read_text())
     small = get_space("small")
     # every artefact of the chain is there

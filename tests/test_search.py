@@ -297,7 +297,8 @@ def test_random_search_finds_archs_under_a_tight_budget(small, predictor, tmp_pa
     rejected draw) rather than giving up with nothing, as it once did."""
     budget = float(predictor.predict([small.smallest()])[0]) * 1.001  # the lowest allowed
     share = float(np.mean(predictor.predict(small.sample(20000, seed=9)) <= budget))
-    assert 0 < share < 0.01  # under 1 in 100 uniform draws meets it
+    assert 0 < share < 0.02  # under 1 in 50 uniform draws meets it (a loaded host's
+    # table puts the smallest arch nearer its neighbours: 1.2% seen once)
     # 5 archs in rounds of 4 draws: 30 fruitless rounds (the old stopping rule) are likely
     cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
                        budgets_ms=(budget,), algorithm="random", evaluations=5, pop_size=4,

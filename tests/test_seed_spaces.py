@@ -222,3 +222,21 @@ def test_space_list_and_info_name_the_new_presets():
         assert r.returncode == 0, r.stderr
         assert f"unique ops (LUT rows): {ops_count}" in r.stdout
         assert f"encoding length: {genes}" in r.stdout
+
+
+def test_width_multiples_make_any_space_elastic_in_width():
+    small = get_space("small")
+    sp = dataclasses.replace(small, name="small-w", width_mults=(0.75, 1.0, 1.25))
+    assert [sp.width_choices(s) for s in range(sp.n_stages)] == [
+        (16, 24), (24, 32), (24, 32, 40), (40, 48, 64), (48, 64, 80)]  # divisible by 8
+    assert sp.elastic_widths and sp.n_var == small.n_var + sp.n_stages
+    assert sp.id != small.id and sp.from_dict(sp.to_dict()) == sp
+    torch.manual_seed(2)
+    net = Supernet(sp).eval()
+    _perturb_bn(net, 4)
+    for arch in sp.sample(8, seed=1):
+        x = torch.randn(1, 3, arch.r, arch.r)
+        net.set_active(arch)
+        with torch.no_grad():
+            assert torch.allclose(net(x), net.subnet(arch)(x), atol=1e-5)
+        assert count(arch, sp).params == sum(p.numel() for p in net.subnet(arch).parameters())
