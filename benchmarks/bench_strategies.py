@@ -281,7 +281,8 @@ def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray
     return rows, truth_noise
 
 
-def plot(rows: list[dict], truth_noise: dict, path: Path) -> None:
+def plot(rows: list[dict], truth_noise: dict, path: Path,
+         title: str = "equal training time") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,8 +302,7 @@ def plot(rows: list[dict], truth_noise: dict, path: Path) -> None:
                alpha=0.15, label="stand-alone seed vs seed, 95% interval")
     ax.set_xticks(xs, [r["method"] for r in rows])
     ax.set_ylabel("Kendall tau vs stand-alone")
-    ax.set_title(f"Ranking of {truth_noise['subnets']} subnets (digits-hard), "
-                 "equal training time")
+    ax.set_title(f"Ranking of {truth_noise['subnets']} subnets (digits-hard), {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -20,11 +20,12 @@ def synthetic_table(path, space, fingerprint, scale=1.0, seed=0) -> LatencyTable
     return LatencyTable.load(written)
 
 
-def export_case(arch: dict, out: str) -> dict:
-    """Export one small-space arch to ONNX and TFLite (runs in a worker process)."""
+def export_case(arch: dict, out: str, space: str = "small") -> dict:
+    """Export one arch (of the small space by default) to ONNX and TFLite (runs in a worker
+    process)."""
     import torch
 
     from hwnas.export import export
 
     torch.set_num_threads(1)
-    return export(arch, out, ["onnx", "tflite"], space="small", progress=False).manifest
+    return export(arch, out, ["onnx", "tflite"], space=space, progress=False).manifest

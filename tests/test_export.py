@@ -28,15 +28,24 @@ def sha256(path):
 
 @needs_litert
 @pytest.mark.slow
-def test_twenty_random_archs_plus_extremes_match_pytorch(small, tmp_path):
-    archs = [small.smallest(), small.largest(), *small.sample(20, seed=11)]
+def test_random_archs_plus_extremes_match_pytorch(small, tmp_path):
+    """12 small-space archs (the extremes among them) and 2 of each seed space (elastic
+    widths; summed kernel paths), each to ONNX and TFLite, verified against PyTorch."""
+    from hwnas.space import get_space
+
+    cases = [("small", a) for a in [small.smallest(), small.largest(),
+                                    *small.sample(10, seed=11)]]
+    for name in ("attentive-small", "mixpath-small"):
+        sp = get_space(name)
+        cases += [(name, sp.largest()), (name, sp.sample(1, seed=3)[0])]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        manifests = list(pool.map(export_case, [a.to_dict() for a in archs],
-                                  [str(tmp_path / str(i)) for i in range(len(archs))]))
-    for i, (arch, m) in enumerate(zip(archs, manifests)):
+        manifests = list(pool.map(export_case, [a.to_dict() for _, a in cases],
+                                  [str(tmp_path / str(i)) for i in range(len(cases))],
+                                  [name for name, _ in cases]))
+    for i, ((name, arch), m) in enumerate(zip(cases, manifests)):
         assert m["status"] == "ok", m
-        assert small.arch(m["arch"]) == arch
+        assert get_space(name).arch(m["arch"]) == arch
         checks = {c["variant"]: c for c in m["checks"]}
         assert checks["onnx"]["max_abs_diff"] <= 1e-4
         assert checks["tflite"]["max_abs_diff"] <= 1e-3
