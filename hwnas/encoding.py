@@ -4,11 +4,12 @@ the integer encoding a search works on.
 The encoding of a space is, per stage, ``[depth, max_depth kernel indices, max_depth
 expand indices]``, then (elastic widths only) one width index per stage, then the
 resolution index. Indices are into the stage's own choices where a stage has them, and a
-kernel index into ``space.kernel_choices`` (path sets in a multi-path space). It has one canonical form (:func:`canonical`:
-genes past a stage's depth are zero, the resolution gene on an allowed value), and one
-sampler, one mutation and one crossover on it (:func:`sample`, :func:`mutate`,
-:func:`crossover`), which both :class:`~hwnas.space.SearchSpace` and the search use, so a
-vector any of them makes is a valid arch and equal archs have equal vectors.
+kernel index into ``space.kernel_choices`` (path sets in a multi-path space). It has one
+canonical form (:func:`canonical`: genes past a stage's depth are zero, the resolution gene
+on an allowed value), and one sampler, one mutation and one crossover on it
+(:func:`sample`, :func:`mutate`, :func:`crossover`), which both
+:class:`~hwnas.space.SearchSpace` and the search use, so a vector any of them makes is a
+valid arch and equal archs have equal vectors.
 
 Functions take the space first; :class:`~hwnas.space.SearchSpace` exposes each as a method
 (``space.arch``, ``space.encode``, ``space.sample``, ...).

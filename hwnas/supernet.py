@@ -5,9 +5,9 @@ kernel passed through a learned per-size transform), expand ratio (the first cha
 the middle width) and depth (a stage's trailing blocks skipped); any input resolution
 works because the head pools globally. Where the space has them, also in stage width (the
 first channels of each block's input and output, AttentiveNAS/BigNAS) and in path sets
-(MixPath: each kernel a path of its own, the active ones summed, shadow BN). :meth:`Supernet.subnet` returns a plain static
-network (``layers.py`` modules only) with the active weights copied out, which is what
-gets exported and timed.
+(MixPath: each kernel a path of its own, the active ones summed, shadow BN).
+:meth:`Supernet.subnet` returns a plain static network (``layers.py`` modules only) with
+the active weights copied out, which is what gets exported and timed.
 """
 
 from __future__ import annotations

@@ -240,3 +240,18 @@ def test_width_multiples_make_any_space_elastic_in_width():
         with torch.no_grad():
             assert torch.allclose(net(x), net.subnet(arch)(x), atol=1e-5)
         assert count(arch, sp).params == sum(p.numel() for p in net.subnet(arch).parameters())
+
+
+def test_a_path_set_op_keeps_its_paths_through_a_table_row():
+    import pandas as pd
+
+    from hwnas.ops import OpSpec
+
+    sp = get_space("mixpath-small")
+    arch = sp.arch({**sp.smallest().to_dict(), "k": [[3, 9]] * sp.n_blocks})
+    op = ops(arch, sp)[2]
+    assert op.paths == (3, 9) and op.kernel == 9 and op.key.endswith(":p3+9")
+    plain = OpSpec("mbconv", 16, 8, 16, 24, 3, 5, 2, "relu")
+    frame = pd.DataFrame([op.row(), plain.row()])  # a table holding both kinds
+    back = [OpSpec.from_row(r) for r in frame.to_dict("records")]
+    assert back == [op, plain] and "paths" not in plain.row()
