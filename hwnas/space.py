@@ -234,7 +234,10 @@ class SearchSpace:
         every searchable layer sums the depthwise paths of a non-empty set of up to two
         kernels of 3/5/7/9 inside one inverted bottleneck (expand 3 or 6), and the sum goes
         through a shadow BN, one per number of active paths (``hwnas train
-        --no-shadow-bn`` for one BN)."""
+        --no-shadow-bn`` for one BN). MixPath's own layer (its released CIFAR supernet)
+        differs: each path has its own BN and activation, the shadow BN follows the
+        projection, and each expand ratio has weights of its own; here the paths share one
+        BN, OFA-style blocks share weights across expands."""
         return dataclasses.replace(cls.default(), name="mixpath", kernels=(3, 5, 7, 9),
                                    expands=(3, 6), max_paths=2)
 
