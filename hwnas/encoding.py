@@ -209,12 +209,13 @@ def name(space: SearchSpace, arch: Arch) -> str:
     blocks, e.g. ``r224-k3e6.k5e4-k7e3.k3e3.k5e6-...``; a path set is written ``k3+7``, and
     a stage's width leads its group as ``w<channels>``. Safe in file names; read back by
     :func:`parse_name`."""
+    from hwnas.space import kernel_paths
+
     parts = [f"r{arch.r}"]
     groups: list[list[str]] = [[f"w{w}"] for w in arch.w] or \
         [[] for _ in range(space.n_stages)]
     for s, _, k, e in space.active_blocks(arch):
-        kernel = "+".join(map(str, k)) if isinstance(k, tuple) else k
-        groups[s].append(f"k{kernel}e{_num(e)}")
+        groups[s].append(f"k{'+'.join(map(str, kernel_paths(k)))}e{_num(e)}")
     parts += [".".join(g) for g in groups]
     return "-".join(parts)
 
@@ -280,6 +281,12 @@ def bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
 def depth_table(space: SearchSpace) -> np.ndarray:
     """[S, max choices] depth of each stage's depth gene value (padded with its last)."""
     return _choice_table([space.stage_depths(s) for s in range(space.n_stages)])
+
+
+def stage_depths(space: SearchSpace, X: np.ndarray) -> np.ndarray:
+    """[n, S] depth of every stage of an encoding matrix."""
+    table, step = depth_table(space), 1 + 2 * space.max_depth
+    return np.stack([table[s][X[:, s * step]] for s in range(space.n_stages)], axis=1)
 
 
 def width_table(space: SearchSpace) -> np.ndarray:
@@ -452,5 +459,5 @@ def crossover(A: np.ndarray, B: np.ndarray, rng: np.random.Generator
 
 __all__ = ["bounds", "canonical", "check_vector", "crossover", "decode", "depth_table",
            "encode", "load", "load_many", "mutate", "n_var", "n_width_genes", "name", "parse",
-           "parse_name", "resolution_genes", "sample", "stage_widths", "width_gene",
+           "parse_name", "resolution_genes", "sample", "stage_depths", "stage_widths", "width_gene",
            "width_table"]

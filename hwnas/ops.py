@@ -19,7 +19,7 @@ from torch import nn
 
 from hwnas import encoding
 from hwnas.layers import Classifier, ConvBNAct, FeatureMix, MBConv
-from hwnas.space import Arch, SearchSpace, _conv_out, _num
+from hwnas.space import Arch, SearchSpace, _conv_out, _num, kernel_paths
 
 if TYPE_CHECKING:
     from hwnas.display import Table
@@ -157,9 +157,8 @@ def block_op(space: SearchSpace, resolution: int, stage: int, index: int, kernel
     hw = space.feature_size(resolution, stage)
     if index > 0:
         hw = _conv_out(hw, spec.stride)
-    paths = kernel if isinstance(kernel, tuple) and len(kernel) > 1 else ()
-    if isinstance(kernel, tuple):
-        kernel = max(kernel)
+    paths = kernel_paths(kernel)
+    kernel, paths = max(paths), paths if len(paths) > 1 else ()
     return OpSpec("mbconv", hw, cin, cout, mid, expand, kernel, stride, spec.act,
                   space.se_channels(mid) if spec.se else 0, stride == 1 and cin == cout, paths)
 
@@ -234,19 +233,26 @@ def _position_ops(space: SearchSpace, r: int) -> Iterator[OpSpec]:
 
 
 def _width_pairs(space: SearchSpace, s: int, b: int) -> list[tuple[int, ...]]:
-    """Arch widths (only stages s-1 and s matter) for every (input, output) width a block
-    at stage ``s``, index ``b`` can see."""
-    full = list(space.stage_widths)
-    ins = space.width_choices(s - 1) if s > 0 and b == 0 else (None,)
-    out = []
-    for w_in in ins:
-        for w_out in space.width_choices(s):
-            widths = list(full)
-            widths[s] = w_out
-            if w_in is not None:
-                widths[s - 1] = w_in
-            out.append(tuple(widths))
-    return out
+    """Arch widths for every (input, output) width a block at stage ``s``, index ``b`` can
+    see (only a stage's first block sees the stage before)."""
+    ins = space.width_choices(s - 1) if _reads_stage_before(s, b) else (None,)
+    return [_block_widths(space, s, w_in, w_out)
+            for w_in in ins for w_out in space.width_choices(s)]
+
+
+def _reads_stage_before(s: int, b: int) -> bool:
+    return s > 0 and b == 0
+
+
+def _block_widths(space: SearchSpace, s: int, w_in: int | None, w_out: int
+                  ) -> tuple[int, ...]:
+    """Arch widths with stage ``s`` at ``w_out`` and the stage before at ``w_in`` (the
+    others at their widest: a block depends on these two only)."""
+    widths = list(space.stage_widths)
+    widths[s] = w_out
+    if w_in is not None:
+        widths[s - 1] = w_in
+    return tuple(widths)
 
 
 # ------------------------------------------------------------------ fast counting
@@ -261,10 +267,10 @@ class Counts:
 @functools.lru_cache(maxsize=16)
 def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[list[OpSpec]]]]:
     """Every block op by position: an object array [R, S, D, Win, W, K, E] of
-    :class:`OpSpec` (Win: the width gene of the stage before for a stage's first block, of
-    its own stage otherwise; W: its own stage's width gene; choices a stage lacks repeat its
-    last), and per resolution and last-stage width gene the fixed ops (stem, first block,
-    head). The basis of every vectorised per-arch sum (MACs, params, LUT latency)."""
+    :class:`OpSpec` (Win: the width gene of the stage before, which only a stage's first
+    block reads; W: its own stage's width gene; choices a stage lacks repeat its last), and
+    per resolution and last-stage width gene the fixed ops (stem, first block, head). The
+    basis of every vectorised per-arch sum (MACs, params, LUT latency)."""
     R, S, D = len(space.resolutions), space.n_stages, space.max_depth
     widths = encoding.width_table(space)
     W = widths.shape[1]
@@ -281,24 +287,14 @@ def op_grid(space: SearchSpace) -> tuple[np.ndarray, list[list[list[OpSpec]]]]:
         for s in range(S):
             expands = space.stage_expands(s)
             for b in range(D):
-                for wi in range(W):
-                    for wo in range(W):
-                        arch_w = [int(w) for w in widths[:, 0]]
-                        arch_w[s] = int(widths[s, wo])
-                        if b == 0 and s > 0:
-                            arch_w[s - 1] = int(widths[s - 1, wi])
-                        elif wi != wo:
-                            continue  # never indexed: a later block's input is its stage's
-                        for ki, k in enumerate(space.kernel_choices):
-                            for ei in range(E):
-                                e = expands[min(ei, len(expands) - 1)]
-                                grid[ri, s, b, wi, wo, ki, ei] = block_op(
-                                    space, r, s, b, k, e, tuple(arch_w))
-    # unreachable cells (wi != wo past a stage's first block) copy a reachable one so every
-    # cell tabulates; they are never summed
-    for idx in zip(*np.nonzero(grid == None)):  # noqa: E711
-        ri, s, b, wi, wo, ki, ei = idx
-        grid[idx] = grid[ri, s, b, wo, wo, ki, ei]
+                for wi, wo in np.ndindex(W, W):
+                    w_in = int(widths[s - 1, wi]) if _reads_stage_before(s, b) else None
+                    arch_w = _block_widths(space, s, w_in, int(widths[s, wo]))
+                    for ki, k in enumerate(space.kernel_choices):
+                        for ei in range(E):
+                            e = expands[min(ei, len(expands) - 1)]
+                            grid[ri, s, b, wi, wo, ki, ei] = block_op(space, r, s, b, k, e,
+                                                                      arch_w)
     return grid, fixed
 
 
@@ -334,12 +330,12 @@ def sum_over_archs(X: np.ndarray, space: SearchSpace, blocks: np.ndarray,
     ``per_stage``, returns (block sums per stage [n, S, ...], fixed part [n, ...])."""
     D, step = space.max_depth, 1 + 2 * space.max_depth
     ri = X[:, -1]
-    depths = encoding.depth_table(space)
+    depths = encoding.stage_depths(space, X)      # [n, S]
     wg = encoding.stage_widths(space, X)          # [n, S] width genes
     per = []
     for s in range(space.n_stages):
         g = X[:, s * step:(s + 1) * step]
-        depth = depths[s][g[:, 0]]
+        depth = depths[:, s]
         w_out = wg[:, s]
         w_in = wg[:, s - 1] if s > 0 else w_out
         acc = blocks[ri, s, 0, w_in, w_out, g[:, 1], g[:, 1 + D]].copy()  # first block

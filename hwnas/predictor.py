@@ -110,9 +110,7 @@ class Features:
         lut_sum = stages.sum(1) + fixed
         counts = count_batch(X, sp)
         res = np.asarray(sp.resolutions)[X[:, -1]]
-        step = 1 + 2 * sp.max_depth
-        depths = encoding.depth_table(sp)
-        n_blocks = sum(depths[s][X[:, s * step]] for s in range(sp.n_stages))
+        n_blocks = encoding.stage_depths(sp, X).sum(1)
         F = np.column_stack([X, stages, fixed, lut_sum, counts[:, 0] / 1e6,
                              counts[:, 1] / 1e6, res, n_blocks]).astype(np.float32)
         return F, lut_sum

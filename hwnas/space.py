@@ -495,6 +495,11 @@ class SearchSpace:
                 yield s, b, arch.k[s * md + b], arch.e[s * md + b]
 
 
+def kernel_paths(choice: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The kernel sizes of a kernel choice: a path set as is, a lone size as one path."""
+    return choice if isinstance(choice, tuple) else (choice,)
+
+
 def _conv_out(hw: int, stride: int) -> int:
     """Output size of a 'same'-padded odd-kernel conv: ceil(hw / stride)."""
     return math.ceil(hw / stride)

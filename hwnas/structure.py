@@ -18,7 +18,7 @@ import numpy as np
 
 from hwnas import encoding
 from hwnas.ops import OpSpec, encode_batch, sum_over_archs, tabulate
-from hwnas.space import SearchSpace
+from hwnas.space import SearchSpace, kernel_paths
 
 def op_feature_names(space: SearchSpace) -> list[str]:
     """Per-op quantities summed over a net (MACs in millions, bytes in MB at fp32):
@@ -99,12 +99,12 @@ def structural_features(archs, space: SearchSpace) -> np.ndarray:
     stage_macs = sum(per_stage[:, :, names.index(n)] for n in names
                      if n in ("pw_macs", "se_macs") or n.startswith("dw_macs"))
     D, step, S = space.max_depth, 1 + 2 * space.max_depth, space.n_stages
-    depths = np.stack([encoding.depth_table(space)[s][X[:, s * step]] for s in range(S)], 1)
+    depths = encoding.stage_depths(space, X)                              # [n, S]
     active = np.arange(D)[None, None, :] < depths[:, :, None]              # [n, S, D]
     k_idx = np.stack([X[:, s * step + 1:s * step + 1 + D] for s in range(S)], 1)
     e_idx = np.stack([X[:, s * step + 1 + D:(s + 1) * step] for s in range(S)], 1)
     # blocks using each kernel size (a path set counts for each of its kernels)
-    uses = np.array([[k in (c if isinstance(c, tuple) else (c,)) for k in space.kernels]
+    uses = np.array([[k in kernel_paths(c) for k in space.kernels]
                      for c in space.kernel_choices], dtype=np.int64)     # [K choices, kernels]
     k_hist = (uses[k_idx] * active[..., None]).sum((1, 2))
     expands = _all_expands(space)

@@ -21,7 +21,7 @@ from torch import nn
 from hwnas.layers import (Classifier, ConvBNAct, FeatureMix, MBConv, activation,
                           same_conv)
 from hwnas.ops import build_network, ops
-from hwnas.space import Arch, SearchSpace, get_space
+from hwnas.space import Arch, SearchSpace, get_space, kernel_paths
 
 
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, channels: int) -> torch.Tensor:
@@ -116,7 +116,7 @@ class ElasticMBConv(nn.Module):
         mid, k, cin, cout = self.active_mid, self.active_kernel, self.active_cin, \
             self.active_cout
         y = self.act(_bn(F.conv2d(x, self.expand_conv.weight[:mid, :cin]), self.expand_bn, mid))
-        paths = k if isinstance(k, tuple) else (k,)
+        paths = kernel_paths(k)
         z = same_conv(y, self.active_filter(mid, paths[0]), self.stride, mid)
         for kernel in paths[1:]:
             z = z + same_conv(y, self.active_filter(mid, kernel), self.stride, mid)
@@ -135,7 +135,7 @@ class ElasticMBConv(nn.Module):
         """State dict of the equivalent static :class:`~hwnas.layers.MBConv`."""
         cin, cout = cin or self.cin, cout or self.cout
         mid = self.space.mid_channels(cin, expand)
-        paths = kernel if isinstance(kernel, tuple) else (kernel,)
+        paths = kernel_paths(kernel)
         sd: dict[str, Any] = {
             "inverted_bottleneck.conv.weight": self.expand_conv.weight[:mid, :cin]}
         sd |= _bn_state(self.expand_bn, slice(0, mid), "inverted_bottleneck.bn")

@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hwnas.space import kernel_paths
+
 
 class BnIndicator:
     """``--accuracy bn:CKPT``: the BN-γ indicator of each subnet (higher is better)."""
@@ -40,8 +42,7 @@ class BnIndicator:
         cout = (widths or self.space.stage_widths)[s]
         mid = self.space.mid_channels(cin, e)
         return float(np.mean([block.expand_bn.weight[:mid].abs().mean(),
-                              block.dw_norm(k if isinstance(k, tuple) else (k,))
-                              .weight[:mid].abs().mean(),
+                              block.dw_norm(kernel_paths(k)).weight[:mid].abs().mean(),
                               block.project_bn.weight[:cout].abs().mean()]))
 
     def __call__(self, archs: Sequence) -> np.ndarray:
