@@ -80,6 +80,31 @@ def test_best_per_budget_is_measured_within_its_budget(tmp_path, small):
                        predictors={"cpu-onnxruntime": pred}, progress=False, plots=False)
     assert again_res.verify["measured_now"] == 0
     assert again_res.best[budget]["key"] == best["key"]
+    # ... also when the machine has drifted since (--allow-drift scales today's predictions):
+    # the run keeps the scale it started with, so the same archs straddle the budget, are
+    # answered from the store, and no arch is evaluated anew (seen on CI: 12 new archs)
+    from hwnas.probe import Drift, ScaledPredictor
+
+    assert json.loads((tmp_path / "run" / "drift.json").read_text()) == {
+        "cpu-onnxruntime": None}
+    for ratio in (0.8, 1.25):
+        drifted = ScaledPredictor(pred, Drift(ratio, "drifted for the test", scaled=True))
+        asked = []
+        again_res = search(None, tmp_path / "run", resume=True,
+                           accuracy=lambda a: asked.append(len(a)) or _accuracy(a),
+                           predictors={"cpu-onnxruntime": drifted}, progress=False,
+                           plots=False)
+        assert not asked and again_res.verify["measured_now"] == 0
+        assert list(again_res.archive["key"]) == list(res.archive["key"])
+        assert again_res.best[budget]["key"] == best["key"]
+    # a damaged record is refused, naming the file and what it must hold
+    from hwnas.search import SearchError
+
+    (tmp_path / "run" / "drift.json").write_text('{"cpu-onnxruntime": "fast"}')
+    with pytest.raises(SearchError, match="drift ratio of 'cpu-onnxruntime' must be a "
+                                          "positive number or null, found 'fast'"):
+        search(None, tmp_path / "run", resume=True, accuracy=_accuracy,
+               predictors={"cpu-onnxruntime": pred}, progress=False, plots=False)
 
 
 def test_verify_on_needs_the_device_here_and_off_measures_nothing(tmp_path, small):

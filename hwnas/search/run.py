@@ -78,6 +78,37 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
     return evaluator, r_genes, accuracy
 
 
+def keep_drift(predictors: dict[str, Any], path: Path, resume: bool) -> None:
+    """A run keeps the drift scale its predictions started with. ``--allow-drift`` scales
+    predictions by how fast this machine runs the tables' probes today; a resumed run that
+    took today's factor would cut the budget elsewhere and leave the trajectory it replays
+    (other archs measured, other archs evaluated). So the first run records each device's
+    factor in ``drift.json`` and a resumed run predicts with those (a drift beyond the
+    tolerance without ``--allow-drift`` is still refused by the predictor's check)."""
+    from hwnas.probe import Drift, ScaledPredictor
+
+    if resume and path.exists():
+        recorded = read_json(path, SearchError, "recorded drift")
+        if not isinstance(recorded, dict):
+            raise SearchError(f"{path}: expected an object of device -> drift ratio, found "
+                              f"{type(recorded).__name__}")
+        for device, ratio in recorded.items():
+            if ratio is not None and (isinstance(ratio, bool) or not isinstance(
+                    ratio, (int, float)) or not ratio > 0):
+                raise SearchError(f"{path}: the drift ratio of {device!r} must be a positive "
+                                  f"number or null, found {ratio!r}")
+            if device not in predictors:
+                continue
+            pred = predictors[device]
+            base = pred.base if isinstance(pred, ScaledPredictor) else pred
+            predictors[device] = base if ratio is None else ScaledPredictor(
+                base, Drift(float(ratio), f"predictions scaled by {ratio:.2f}, as when the "
+                                          f"run started", scaled=True))
+        return
+    atomic_write_json(path, {device: float(p.drift.ratio) if isinstance(p, ScaledPredictor)
+                             else None for device, p in predictors.items()}, indent=2)
+
+
 def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: bool = False,
            accuracy: AccuracyFn | None = None, predictors: Mapping[str, Any] | None = None,
            progress: bool = True, plots: bool = True) -> SearchResult:
@@ -103,6 +134,7 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
     evaluator, r_genes, accuracy = prepare(cfg, accuracy, predictors,
                                            archive_path if resume else None)
     out.mkdir(parents=True, exist_ok=True)
+    keep_drift(evaluator.predictors, out / "drift.json", resume)
     evaluator.archive.path = archive_path
     verifier = make_verifier(cfg, evaluator.space, evaluator.predictors, out)
     if verifier is not None:  # the budget device answers measured values where it has them
@@ -131,4 +163,4 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
     return finish(cfg, evaluator, out, hv_trace, run_.log, time.perf_counter() - t0, plots)
 
 
-__all__ = ["prepare", "search"]
+__all__ = ["keep_drift", "prepare", "search"]
