@@ -140,10 +140,16 @@ def run(args) -> Result:
                 losses += 1
                 base_mape = min(np.mean(per[n], axis=0)[2] for n in per
                                 if not n.startswith("hwnas"))
+                base = max((n for n in per if not n.startswith("hwnas")),
+                           key=lambda n: np.mean(per[n], axis=0)[0])
+                diff = np.array(per[main])[:, 0] - np.array(per[base])[:, 0]
+                se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
                 notes.append(f"{regime} k={k}: {main} {hwnas_rows[main][0]:.3f} within ±10%, "
                              f"below the best baseline's {best_base:.3f} (held-out MAPE "
                              f"{hwnas_rows[main][2]:.4f} against the baselines' best "
-                             f"{base_mape:.4f})")
+                             f"{base_mape:.4f}); paired over the draws against {base}: "
+                             f"{diff.mean():+.3f} ± {se:.3f} (SE), "
+                             f"{'beyond' if abs(diff.mean()) > 2 * se else 'within'} 2 SE")
             if k == TARGET_K:
                 few = "hwnas structure" if table is None else max(
                     (n for n in hwnas_rows), key=lambda n: hwnas_rows[n][0])
