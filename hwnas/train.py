@@ -94,6 +94,11 @@ class TrainConfig:
             ("method", self.method in METHODS, " or ".join(METHODS)),
             ("teacher", self.teacher is None or self.method == "dna",
              "only with method dna"),
+            # the other methods choose their subnets without phases (and Pi-NAS's teacher
+            # and DNA's stages would not follow a channel re-ordering)
+            ("progressive", not self.progressive or self.method == "sandwich",
+             f"False with method {self.method!r} (progressive shrinking is the sandwich "
+             f"method's)"),
             ("candidates", self.candidates >= 1, ">= 1"),
             ("pareto", self.pareto in PARETO, " or ".join(PARETO)),
             ("pareto_rating", self.pareto_rating == "loss"
@@ -264,6 +269,9 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             augment = seeded(cfg.seed, epoch, rank) if cfg.augment else None
             t0, seen, loss_sum, nb = time.perf_counter(), 0, 0.0, 0
+            reorganized = method.begin_epoch(net, epoch)
+            if reorganized:
+                opt.state.clear()  # momentum of the old channel order (OFA: a new optimiser)
             for step, (x, y) in enumerate(train_data.batches(cfg.batch_size, True, g, rank,
                                                              world, augment=augment)):
                 x, y = x.to(device), y.to(device)
@@ -286,7 +294,8 @@ def train(space: SearchSpace | str, train_data: Dataset, cfg: TrainConfig,
                 if max_steps is not None and steps >= max_steps:
                     break
             history.append({"epoch": epoch, "loss": loss_sum / max(nb, 1),
-                            "images_per_s": seen / (time.perf_counter() - t0)})
+                            "images_per_s": seen / (time.perf_counter() - t0),
+                            **({"channels_reorganized": True} if reorganized else {})})
             if rank == 0:
                 save_checkpoint(ckpt, net, opt, epoch, cfg, history, method)
             if world > 1:

@@ -223,6 +223,51 @@ def test_bad_settings():
         TrainConfig(epochs=1, warmup_epochs=2)
     with pytest.raises(TrainError, match="smallest_resolution='max'.*random or min"):
         TrainConfig(smallest_resolution="max")
+    # the other methods draw subnets without phases: a silently ignored flag is refused
+    with pytest.raises(TrainError, match="progressive=True is not allowed; must be False with "
+                                         "method 'fairnas'"):
+        TrainConfig(progressive=True, method="fairnas")
+
+
+def test_progressive_shrinking_sorts_channels_once_as_expand_opens(small, data, tmp_path,
+                                                                    monkeypatch):
+    """OFA sorts middle channels by importance before the expand phase: once, at the first
+    epoch of the last phase, without changing what the widest net computes; a run
+    interrupted before that epoch and resumed ends where the uninterrupted one does."""
+    from hwnas.supernet import Supernet
+
+    tr, _ = data
+    from hwnas.data import model_input
+
+    x = model_input(tr.images[:8], small.largest().r)
+    calls = []
+    sort = Supernet.reorganize_channels
+
+    def spy(net):
+        net.eval()
+        net.set_active(small.largest())
+        before = net(x).detach()
+        sort(net)
+        calls.append((before, net(x).detach()))
+        net.train()
+
+    monkeypatch.setattr(Supernet, "reorganize_channels", spy)
+    cfg = TrainConfig(epochs=3, batch_size=64, n_random=1, progressive=True)  # 4 steps/epoch
+    full = train(small, tr, cfg, tmp_path / "full", progress=False)
+    assert len(calls) == 1 and torch.allclose(*calls[0], atol=1e-5)
+    assert [h.get("channels_reorganized", False) for h in full.history] == [False, False, True]
+    first = train(small, tr, cfg, tmp_path / "cut", progress=False, max_steps=8)
+    assert first.epochs_done == 2 and len(calls) == 1  # stopped before the last phase
+    resumed = train(small, tr, cfg, tmp_path / "cut", progress=False)
+    assert len(calls) == 2
+    a = load_checkpoint(full.checkpoint, small)["model"]
+    b = load_checkpoint(resumed.checkpoint, small)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the expand phase trains from the sorted channels: the run differs from one without
+    monkeypatch.setattr(Supernet, "reorganize_channels", lambda net: None)
+    unsorted = train(small, tr, cfg, tmp_path / "unsorted", progress=False)
+    c = load_checkpoint(unsorted.checkpoint, small)["model"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_sandwich_trains_the_smallest_at_drawn_resolutions(small):

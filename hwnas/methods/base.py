@@ -41,6 +41,11 @@ class TrainingMethod:
     def after_step(self, net: "Supernet") -> None:
         """After the optimiser step (e.g. a moving-average update)."""
 
+    def begin_epoch(self, net: "Supernet", epoch: int) -> bool:
+        """Before an epoch's first step. True when it re-ordered the weights (the loop then
+        drops the optimiser's momentum, which would point at the old order)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

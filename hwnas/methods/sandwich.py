@@ -54,12 +54,26 @@ def phase_of(epoch: int, cfg) -> str:
     return "kernel" if epoch < third else "depth" if epoch < 2 * third else "all"
 
 
+def opens_widths(epoch: int, cfg) -> bool:
+    """Whether ``epoch`` is the first of progressive shrinking's last phase, where expand
+    ratios (and elastic stage widths) open: OFA sorts the channels by importance there, so
+    the narrow choices start from the channels that matter."""
+    return cfg.progressive and epoch > 0 and phase_of(epoch, cfg) == "all" \
+        and phase_of(epoch - 1, cfg) != "all"
+
+
 class Sandwich(TrainingMethod):
     name = "sandwich"
 
     def archs(self, rng: np.random.Generator, epoch: int) -> list[Arch]:
         return sandwich_archs(self.space, self.cfg.n_random, rng, phase_of(epoch, self.cfg),
                               self.cfg.smallest_resolution)
+
+    def begin_epoch(self, net, epoch: int) -> bool:
+        if not opens_widths(epoch, self.cfg):
+            return False
+        net.reorganize_channels()  # function-preserving: the widest net computes the same
+        return True
 
     def students(self, net, x, y, target, rng, archs: list[Arch]) -> list[Arch]:
         """The subnets trained after the largest (AttentiveNAS replaces the random ones)."""
