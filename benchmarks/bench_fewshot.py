@@ -133,15 +133,15 @@ def run(args) -> Result:
                 rows.append(row)
             details[f"{regime} k={k}"] = {n: [list(map(float, s)) for s in v]
                                           for n, v in per.items()}
-            hwnas_rows = {n: np.mean(per[n], axis=0) for n in per if n.startswith("hwnas")}
-            best_base = max(np.mean(per[n], axis=0)[0] for n in per if not n.startswith("hwnas"))
+            means = {n: np.mean(per[n], axis=0) for n in per}
+            hwnas_rows = {n: m for n, m in means.items() if n.startswith("hwnas")}
+            baselines = {n: m for n, m in means.items() if not n.startswith("hwnas")}
+            base = max(baselines, key=lambda n: baselines[n][0])  # best within ±10%
+            best_base = baselines[base][0]
             main = "hwnas +LUT" if "hwnas +LUT" in hwnas_rows else "hwnas structure"
             if hwnas_rows[main][0] < best_base:
                 losses += 1
-                base_mape = min(np.mean(per[n], axis=0)[2] for n in per
-                                if not n.startswith("hwnas"))
-                base = max((n for n in per if not n.startswith("hwnas")),
-                           key=lambda n: np.mean(per[n], axis=0)[0])
+                base_mape = min(m[2] for m in baselines.values())
                 diff = np.array(per[main])[:, 0] - np.array(per[base])[:, 0]
                 se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
                 notes.append(f"{regime} k={k}: {main} {hwnas_rows[main][0]:.3f} within ±10%, "

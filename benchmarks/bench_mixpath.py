@@ -50,6 +50,12 @@ def add_arguments(parser) -> None:
                         help="checkpoints (an interrupted benchmark resumes from them)")
 
 
+def _diff(row: dict) -> str:
+    """A row's paired tau difference to one BN, with its interval."""
+    lo, hi = row["tau - one-bn 95% interval"]
+    return f"{row['tau - one-bn']:+.3f} [{lo:+.2f}, {hi:+.2f}]"
+
+
 def running_bn_top1(checkpoint: str, space, archs, data_key) -> list[float]:
     """Top-1 of each arch cut from the supernet as trained: its running BN statistics,
     no recalibration."""
@@ -103,11 +109,8 @@ def run(args):
                                                                  data_key)
                                                  for r in runs if r["variant"] == name])
                for name in VARIANTS}
-    more, _ = score(running, truth, by_seed, macs, args.seed, baseline="one-bn (running BN)")
-    for r in more:  # one column for the paired difference in both tables
-        if "tau - one-bn (running BN)" in r:
-            r["tau - one-bn"] = r.pop("tau - one-bn (running BN)")
-            r["tau - one-bn 95% interval"] = r.pop("tau - one-bn (running BN) 95% interval")
+    more, _ = score(running, truth, by_seed, macs, args.seed, baseline="one-bn (running BN)",
+                    label="one-bn")  # one column for the paired difference in both tables
     rows += more
     diff = next(r for r in rows if r["method"] == "shadow-bn")
     lo, hi = diff["tau - one-bn 95% interval"]
@@ -118,20 +121,14 @@ def run(args):
     plot([dict(r, method=r["method"].replace(" (running BN)", "\n(running BN)"))
           for r in rows], truth_noise, figure, title="mixpath-small, shadow BN or not")
     running_diff = next(r for r in rows if r["method"] == "shadow-bn (running BN)")
-    verdict += (f"; rated with the supernet's running BN statistics: tau "
-                f"{running_diff['tau - one-bn']:+.3f} "
-                f"[{running_diff['tau - one-bn 95% interval'][0]:+.2f}, "
-                f"{running_diff['tau - one-bn 95% interval'][1]:+.2f}]")
+    verdict += f"; rated with the supernet's running BN statistics: tau {_diff(running_diff)}"
     shown = [{"supernet": r["method"], "epochs": args.epochs,
               "train s": round(float(np.mean([x["train_s"] for x in runs
                                               if r["method"].startswith(x["variant"])]))),
               "tau": f"{r['tau']:.3f} [{r['tau 95% interval'][0]:.2f}, "
                      f"{r['tau 95% interval'][1]:.2f}]",
               "tau per seed": ", ".join(f"{t:.2f}" for t in r["tau per seed"]),
-              "tau - one-bn": (f"{r['tau - one-bn']:+.3f} "
-                               f"[{r['tau - one-bn 95% interval'][0]:+.2f}, "
-                               f"{r['tau - one-bn 95% interval'][1]:+.2f}]"
-                               if "tau - one-bn" in r else "-"),
+              "tau - one-bn": _diff(r) if "tau - one-bn" in r else "-",
               "top-5": f"{r['top-5 overlap']:.2f}"} for r in rows]
     return Result(
         rows=shown,

@@ -239,10 +239,12 @@ def interval(values: np.ndarray) -> list[float]:
 
 
 def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray,
-          macs: np.ndarray, seed: int, baseline: str = "sandwich") -> tuple[list[dict], dict]:
+          macs: np.ndarray, seed: int, baseline: str = "sandwich", label: str | None = None
+          ) -> tuple[list[dict], dict]:
     """The table: each method's scores (means over its training seeds) with bootstrap
-    intervals over subnets, each one's tau minus ``baseline``'s (paired interval), and the
-    ground truth's own agreement."""
+    intervals over subnets, each one's tau minus ``baseline``'s (paired interval, in the
+    column ``tau - <label>``, ``label`` defaulting to the baseline), and the ground truth's
+    own agreement."""
     rng = np.random.default_rng(seed)
     n = len(truth)
     resamples = [rng.integers(0, n, n) for _ in range(BOOTSTRAP)]
@@ -268,8 +270,8 @@ def score(ratings: dict[str, np.ndarray], truth: np.ndarray, by_seed: np.ndarray
     for row in rows:
         if baseline in ratings and row["method"] != baseline:
             base = next(x for x in rows if x["method"] == baseline)
-            row[f"tau - {baseline}"] = row["tau"] - base["tau"]
-            row[f"tau - {baseline} 95% interval"] = interval(
+            row[f"tau - {label or baseline}"] = row["tau"] - base["tau"]
+            row[f"tau - {label or baseline} 95% interval"] = interval(
                 boot[row["method"], "tau"] - boot[baseline, "tau"])
     pairs = [(i, j) for i in range(by_seed.shape[1]) for j in range(i)]
     seed_tau = float(np.mean([kendall(by_seed[:, i], by_seed[:, j]) for i, j in pairs]))

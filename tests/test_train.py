@@ -234,11 +234,10 @@ def test_progressive_shrinking_sorts_channels_once_as_expand_opens(small, data, 
     """OFA sorts middle channels by importance before the expand phase: once, at the first
     epoch of the last phase, without changing what the widest net computes; a run
     interrupted before that epoch and resumed ends where the uninterrupted one does."""
+    from hwnas.data import model_input
     from hwnas.supernet import Supernet
 
     tr, _ = data
-    from hwnas.data import model_input
-
     x = model_input(tr.images[:8], small.largest().r)
     calls = []
     sort = Supernet.reorganize_channels

@@ -66,6 +66,9 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
                                                       allow_drift=cfg.allow_drift)
             except PredictorError as exc:
                 raise SearchError(str(exc)) from None
+    drift = archive_path.with_name(DRIFT_FILE) if archive_path is not None else None
+    if drift is not None and drift.exists():  # before the budgets are checked against them
+        use_recorded_drift(preds, drift)
     for device, p in preds.items():
         if p.space.id != space.id:
             raise SearchError(f"the predictor for {device} is for space {p.space.name!r}, the "
@@ -78,33 +81,38 @@ def prepare(cfg: SearchConfig, accuracy: AccuracyFn | None = None,
     return evaluator, r_genes, accuracy
 
 
-def keep_drift(predictors: dict[str, Any], path: Path, resume: bool) -> None:
+DRIFT_FILE = "drift.json"
+
+
+def use_recorded_drift(predictors: dict[str, Any], path: Path) -> None:
     """A run keeps the drift scale its predictions started with. ``--allow-drift`` scales
     predictions by how fast this machine runs the tables' probes today; a resumed run that
     took today's factor would cut the budget elsewhere and leave the trajectory it replays
-    (other archs measured, other archs evaluated). So the first run records each device's
-    factor in ``drift.json`` and a resumed run predicts with those (a drift beyond the
-    tolerance without ``--allow-drift`` is still refused by the predictor's check)."""
+    (other archs measured, other archs evaluated). So a resumed run predicts with the
+    factors its first run recorded (:func:`record_drift`); a drift beyond the tolerance
+    without ``--allow-drift`` is still refused by the predictor's own check."""
     from hwnas.probe import Drift, ScaledPredictor
 
-    if resume and path.exists():
-        recorded = read_json(path, SearchError, "recorded drift")
-        if not isinstance(recorded, dict):
-            raise SearchError(f"{path}: expected an object of device -> drift ratio, found "
-                              f"{type(recorded).__name__}")
-        for device, ratio in recorded.items():
-            if ratio is not None and (isinstance(ratio, bool) or not isinstance(
-                    ratio, (int, float)) or not ratio > 0):
-                raise SearchError(f"{path}: the drift ratio of {device!r} must be a positive "
-                                  f"number or null, found {ratio!r}")
-            if device not in predictors:
-                continue
+    recorded = read_json(path, SearchError, "recorded drift")
+    if not isinstance(recorded, dict):
+        raise SearchError(f"{path}: expected an object of device -> drift ratio, found "
+                          f"{type(recorded).__name__}")
+    for device, ratio in recorded.items():
+        if ratio is not None and not (type(ratio) in (int, float) and ratio > 0):
+            raise SearchError(f"{path}: the drift ratio of {device!r} must be a positive "
+                              f"number or null, found {ratio!r}")
+        if device in predictors:
             pred = predictors[device]
             base = pred.base if isinstance(pred, ScaledPredictor) else pred
             predictors[device] = base if ratio is None else ScaledPredictor(
                 base, Drift(float(ratio), f"predictions scaled by {ratio:.2f}, as when the "
                                           f"run started", scaled=True))
-        return
+
+
+def record_drift(predictors: Mapping[str, Any], path: Path) -> None:
+    """Write each device's drift factor (None: predictions not scaled) for a resume."""
+    from hwnas.probe import ScaledPredictor
+
     atomic_write_json(path, {device: float(p.drift.ratio) if isinstance(p, ScaledPredictor)
                              else None for device, p in predictors.items()}, indent=2)
 
@@ -134,7 +142,8 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
     evaluator, r_genes, accuracy = prepare(cfg, accuracy, predictors,
                                            archive_path if resume else None)
     out.mkdir(parents=True, exist_ok=True)
-    keep_drift(evaluator.predictors, out / "drift.json", resume)
+    if not (resume and (out / DRIFT_FILE).exists()):
+        record_drift(evaluator.predictors, out / DRIFT_FILE)
     evaluator.archive.path = archive_path
     verifier = make_verifier(cfg, evaluator.space, evaluator.predictors, out)
     if verifier is not None:  # the budget device answers measured values where it has them
@@ -163,4 +172,4 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
     return finish(cfg, evaluator, out, hv_trace, run_.log, time.perf_counter() - t0, plots)
 
 
-__all__ = ["keep_drift", "prepare", "search"]
+__all__ = ["DRIFT_FILE", "prepare", "record_drift", "search", "use_recorded_drift"]
