@@ -95,10 +95,10 @@ class ExportResult:
                 return "-" if v is None else f"{v:{fmt}}"
 
             out.append(Table("latency", ["device", "file", "predicted ms", "measured ms",
-                                         "measured/predicted", "probes during",
+                                         "measured/predicted", "clock during",
                                          "at table speed/predicted"], [
                 [r["device"], r["file"], num(r["predicted_ms"]), num(r["measured_ms"]),
-                 num(r["measured/predicted"]), num(r.get("probes_during"), ".2f"),
+                 num(r["measured/predicted"]), num(r.get("clock_during"), ".2f"),
                  num(r.get("at_table_speed/predicted"))]
                 for r in m["latency"]]))
         return out
@@ -553,30 +553,28 @@ FORMATS.register("tensorrt", ExportFormat(export_tensorrt, needs=("onnx",)))
 
 def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict[str, Any]:
     """Time the exported file the device runs (the module itself on torch devices) with
-    the profiling protocol, next to the device's predicted latency. Where the device's
-    tables hold calibration probes, they are timed between the rounds (``ProbeClock``), so
-    the row also says how fast the machine ran meanwhile and what the file measures at
-    the table's speed: the prediction's own terms."""
+    the profiling protocol, next to the device's predicted latency. A *clock* is timed
+    between the rounds (``time_runner``): the device table's subnets nearest the
+    prediction (``ReferenceClock``), else its calibration probes (``ProbeClock``). The row
+    then also says how much slower than the table the clock ran meanwhile and what the
+    file measures at the table's speed: measured side by side, in the prediction's own
+    terms, which a shared host's slow phases do not move."""
     arch, space, module, files, shape, out = (job.arch, job.space, job.module, job.files,
                                               job.shape, job.out)
     from hwnas.backends import get_backend
-    from hwnas.probe import ProbeClock, table_probes
     from hwnas.profile import pinned, time_runner
 
     fmt = _device_format(device)
     variant = f"{fmt}-fp16" if fmt and device.precision == "fp16" and f"{fmt}-fp16" in files \
         else fmt
+    predicted, how, scale = predict_latency(device.name, arch, space, lut_dir, allow_drift)
     backend = get_backend(device, out / ".cache" / device.name)
     shape = device.input_shape(shape)
-    # on a phone one probe visit is a whole benchmark_model run: not between rounds there
-    probes = None if device.backend.startswith("adb") else table_probes(device.name, lut_dir)[0]
     try:
         with pinned(device.cpu_affinity, device.threads):
             runner = backend.load(files[variant], shape) if fmt else \
                 backend.prepare(module, shape, arch.key)
-            # converted probes are cached beside the tables (as the drift check keeps them)
-            clock = ProbeClock(device, probes, Path(lut_dir) / ".cache" / device.name) \
-                if probes and probes.get("ms") else None
+            clock = _clock(device, arch, space, lut_dir, predicted and predicted / scale)
             try:
                 stats = time_runner(runner, device.protocol, clock)
             finally:
@@ -585,19 +583,38 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
                     clock.close()
     except HwnasError as exc:
         raise ExportError(f"measure {device.name}", str(exc)) from None
-    predicted, how, scale = predict_latency(device.name, arch, space, lut_dir, allow_drift)
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
            "measured_ms": stats["latency_ms"], "spread": stats["spread"],
            "count": stats["count"], "statistic": stats["statistic"],
            "predicted_ms": predicted, "predictor": how}
     row["measured/predicted"] = stats["latency_ms"] / predicted if predicted else None
     if "drift" in stats:
-        row["probes_during"] = stats["drift"]
+        row["clock"] = clock.label
+        row["clock_during"] = stats["drift"]
         row["at_table_speed_ms"] = stats["at_table_speed_ms"]
         # the prediction before any --allow-drift scaling is in the table's terms
         row["at_table_speed/predicted"] = \
             stats["at_table_speed_ms"] / (predicted / scale) if predicted else None
     return row
+
+
+def _clock(device, arch: Arch, space: SearchSpace, lut_dir, near_ms: float | None):
+    """What ``_measure`` times between its rounds: the table's subnets nearest the
+    prediction, else the table's probes, else nothing (a phone, where one visit is a whole
+    benchmark_model run, or a device without tables)."""
+    from hwnas.backends import get_backend
+    from hwnas.probe import ProbeClock, ReferenceClock, reference_rows, table_probes
+
+    if device.backend.startswith("adb"):
+        return None
+    # converted models are cached beside the tables (as the profile and drift check keep them)
+    cache = Path(lut_dir) / ".cache" / device.name
+    rows = reference_rows(device.name, lut_dir, space, near_ms, exclude=arch.key) \
+        if near_ms else None
+    if rows is not None:
+        return ReferenceClock(device, rows, space, get_backend(device, cache))
+    probes = table_probes(device.name, lut_dir)[0]
+    return ProbeClock(device, probes, cache) if probes and probes.get("ms") else None
 
 
 def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path,

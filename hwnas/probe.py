@@ -108,6 +108,8 @@ class ProbeClock:
         self.proto = _probe_protocol(device)
         self.runners = _prepare_probes(device, cache_dir, backend)
 
+    label = "calibration probes"
+
     def drift(self) -> float:
         """One round of the probes: the median over them of now / stored. A round's median
         is a little slower than the stored fastest round's (a few %, in calm phases)."""
@@ -120,6 +122,72 @@ class ProbeClock:
     def close(self) -> None:
         for runner in self.runners:
             runner.close()
+
+
+REFERENCES = 5      # profiled subnets a measurement is timed beside (ReferenceClock)
+MIN_REFERENCES = 3  # fewer in a table's calmer half: the probes instead
+
+
+class ReferenceClock:
+    """Subnets of the device's own subnet table, the nearest in latency to the model being
+    measured, timed one visit each *between* the rounds of a measurement: how fast this
+    machine ran the same runtime on networks of that size, against the table. The probes
+    are single ops; on this VM they ran 1.26x their stored time while a net measured
+    1.52x its prediction at a 97% held-out predictor. A net's own kind tracks the host's
+    slow phases as the probes do not, and a table's values are the prediction's own terms.
+    Same interface as :class:`ProbeClock`; call inside the measurement's ``pinned`` block."""
+
+    def __init__(self, device, rows, space, backend) -> None:
+        from hwnas.backends.base import model_key
+        from hwnas.profile import subnet_items
+
+        items = subnet_items([space.arch(json.loads(a)) for a in rows["arch"]], space)
+        self.stored = rows["latency_ms"].to_numpy(float)
+        self.keys = list(rows["key"])
+        self.proto = device.protocol
+        self.runners = backend.prepare_many([
+            (it.build, device.input_shape(it.input_shape), model_key(it.ident, device))
+            for it in items])
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.runners)} profiled subnets"
+
+    def drift(self) -> float:
+        """One visit of each reference: the median over them of now / table."""
+        from hwnas.profile import summarize, timed_visit
+
+        now = [summarize(timed_visit(r, self.proto) * 1e3, self.proto.statistic)["latency_ms"]
+               for r in self.runners]
+        return float(np.median(np.asarray(now) / self.stored))
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
+
+
+def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float,
+                   exclude: str = "", n: int = REFERENCES):
+    """The ``n`` rows of ``device``'s subnet table for ``space`` nearest in latency to
+    ``near_ms`` (log scale), from its calmer half (spread at most the median), leaving out
+    the key ``exclude`` (the measured arch itself would make the figure a re-measurement);
+    None where there is no such table for ``space`` or fewer than :data:`MIN_REFERENCES`
+    rows qualify."""
+    from hwnas.lut import read_table, table_paths
+    from hwnas.space import SearchSpace
+
+    path = table_paths(device, lut_dir)[1]
+    if not path.exists() or not near_ms or near_ms <= 0:
+        return None
+    df, meta = read_table(path, "subnets")
+    if "space" not in meta or SearchSpace.from_dict(meta["space"]).id != space.id:
+        return None
+    df = df[(df["key"] != exclude) & (df["latency_ms"] > 0)]
+    df = df[df["spread"] <= df["spread"].median()]
+    if len(df) < MIN_REFERENCES:
+        return None
+    distance = np.abs(np.log(df["latency_ms"].to_numpy(float) / near_ms))
+    return df.iloc[np.argsort(distance, kind="stable")[:n]]
 
 
 def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
@@ -214,5 +282,6 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
     return None, str(table_paths(device, lut_dir)[0])
 
 
-__all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "ScaledPredictor", "TOLERANCE", "check_drift",
-           "compare", "measure_probes", "retime", "table_probes"]
+__all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
+           "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "measure_probes",
+           "reference_rows", "retime", "table_probes"]

@@ -112,9 +112,9 @@ class QuickstartResult:
                 f"measured {r['measured_ms']:.3f} ms"
             ratio = "" if r.get("measured/predicted") is None else \
                 f" (x{r['measured/predicted']:.2f})"
-            if r.get("at_table_speed/predicted") is not None:  # probes timed between rounds
-                ratio += (f"; at the table's speed x{r['at_table_speed/predicted']:.2f} (the "
-                          f"probes ran {r['probes_during']:.2f}x as long meanwhile)")
+            if r.get("at_table_speed/predicted") is not None:  # a clock timed between rounds
+                ratio += (f"; side by side with {r['clock']} x{r['at_table_speed/predicted']:.2f}"
+                          f" (they ran {r['clock_during']:.2f}x their table times meanwhile)")
             drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
             if drift:  # the machine's speed moved since profiling (hwnas.probe)
                 pred += f" (scaled by {drift.group(1)}: the calibration probes drifted)"
@@ -353,7 +353,7 @@ def write_report(res: QuickstartResult, predictor_reports, search_result, manife
     """One static HTML file (images inlined, no scripts, no network). ``predictor_reports``:
     device -> its predictor report (held-out metrics of every kind)."""
     lat_rows = [[r["device"], r.get("file"), r.get("predicted_ms"), r.get("measured_ms"),
-                 r.get("measured/predicted"), r.get("probes_during"),
+                 r.get("measured/predicted"), r.get("clock_during"),
                  r.get("at_table_speed/predicted"), r.get("predictor")] for r in res.latency]
     pred_rows = [[device, k, v["n"], v["mape"], v["within_5pct"], v["within_10pct"],
                   v["kendall_tau"]]
@@ -380,11 +380,13 @@ def write_report(res: QuickstartResult, predictor_reports, search_result, manife
         f"(digits validation split, BN recalibrated), {res.macs / 1e6:.2f} MMACs, "
         f"{res.params / 1e6:.3f} M params, budget {res.budget_ms:.3f} ms.</p>",
         "<h2>Latency: predicted vs measured</h2>",
-        "<p>The calibration probes are timed between the measurement's rounds: <i>probes "
-        "during</i> is how much longer they ran than when the tables were measured, and the "
-        "last ratio divides that out of each round (the prediction's own terms).</p>",
+        "<p>A clock is timed between the measurement's rounds: the table's subnets nearest "
+        "the prediction (else the calibration probes). <i>Clock during</i> is how much "
+        "longer they ran than the table recorded, and the last ratio divides that out of "
+        "each round: the winner measured side by side with them, in the prediction's own "
+        "terms.</p>",
         _table(["device", "file", "predicted ms", "measured ms", "measured/predicted",
-                "probes during", "at table speed/predicted", "predictor"], lat_rows),
+                "clock during", "at table speed/predicted", "predictor"], lat_rows),
         "<h2>1. Profile and 2. predictors</h2>",
         *[f"<p>{html.escape(d)}: median spread (p90-p10)/median of the timed calls: ops "
           f"{n['ops']:.2f}, subnets {n['subnets']:.2f} (rows above {n['max_spread']:g} were "
