@@ -609,8 +609,7 @@ def _clock(device, arch: Arch, space: SearchSpace, lut_dir, near_ms: float | Non
         return None
     # converted models are cached beside the tables (as the profile and drift check keep them)
     cache = Path(lut_dir) / ".cache" / device.name
-    rows = reference_rows(device.name, lut_dir, space, near_ms, exclude=arch.key) \
-        if near_ms else None
+    rows = reference_rows(device.name, lut_dir, space, near_ms, exclude=arch.key)
     if rows is not None:
         return ReferenceClock(device, rows, space, get_backend(device, cache))
     probes = table_probes(device.name, lut_dir)[0]

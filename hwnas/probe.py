@@ -138,16 +138,12 @@ class ReferenceClock:
     Same interface as :class:`ProbeClock`; call inside the measurement's ``pinned`` block."""
 
     def __init__(self, device, rows, space, backend) -> None:
-        from hwnas.backends.base import model_key
         from hwnas.profile import subnet_items
 
         items = subnet_items([space.arch(json.loads(a)) for a in rows["arch"]], space)
         self.stored = rows["latency_ms"].to_numpy(float)
-        self.keys = list(rows["key"])
         self.proto = device.protocol
-        self.runners = backend.prepare_many([
-            (it.build, device.input_shape(it.input_shape), model_key(it.ident, device))
-            for it in items])
+        self.runners = backend.prepare_many([it.spec(device) for it in items])
 
     @property
     def label(self) -> str:
@@ -166,7 +162,7 @@ class ReferenceClock:
             runner.close()
 
 
-def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float,
+def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float | None,
                    exclude: str = "", n: int = REFERENCES):
     """The ``n`` rows of ``device``'s subnet table for ``space`` nearest in latency to
     ``near_ms`` (log scale), from its calmer half (spread at most the median), leaving out

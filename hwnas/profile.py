@@ -57,6 +57,11 @@ class Item:
     def __post_init__(self) -> None:
         self.ident = self.ident or self.key
 
+    def spec(self, device: Device) -> tuple:
+        """What ``Backend.prepare_many`` takes for it on ``device``: the builder, the input
+        shape at the device's batch, and the key its converted file is cached under."""
+        return self.build, device.input_shape(self.input_shape), model_key(self.ident, device)
+
 
 @dataclass
 class ProfileResult:
@@ -386,8 +391,7 @@ class Profiler:
         t0 = time.perf_counter()
         build_task = bar.add_task(f"build {self.device.backend}", total=len(items))
         dev = self.device
-        specs = {it.key: (it.build, dev.input_shape(it.input_shape), model_key(it.ident, dev))
-                 for it in items}
+        specs = {it.key: it.spec(dev) for it in items}
         runners, statistic = {}, {}
         # with reload, converted files stay on disk and at most 40 models are loaded at once
         step = RELOAD_GROUP if p.reload else len(specs)
