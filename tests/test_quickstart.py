@@ -143,7 +143,8 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert page.count("data:image/png;base64,") == 5  # 2 predictors, training, front, HV
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert res["name"] in page
-    # a re-run reuses the tables, the checkpoint and the search
+    # a re-run reuses the tables, the checkpoint and the search (another budget's search
+    # beside it: test_another_budget_searches_apart_and_the_first_comes_back)
     before = {p: (out / p).stat().st_mtime_ns for p in (
         "lut/cpu-onnxruntime.parquet", "lut/cpu-onnxruntime.subnets.parquet",
         "lut/cpu-tflite.parquet", "supernet-e1/last.pt")}
@@ -155,18 +156,6 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert _archive_keys(out) == searched
     _assert_confirmed(again)
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before
-    # another budget searches again (the tables and the checkpoint still reused)
-    loose = round(float(subs["latency_ms"].max()), 4)
-    third = run(quick(out, budget_ms=loose), progress=False)
-    assert json.loads((out / "search" / "config.json").read_text())["budgets_ms"] == [loose]
-    assert third.budget_ms == loose
-    assert {p: (out / p).stat().st_mtime_ns for p in before} == before
-    kept = list(out.glob("search-*"))  # the first search is moved aside, never deleted
-    assert len(kept) == 1 and (kept[0] / "archive.parquet").exists()
-    fourth = run(quick(out), progress=False)  # back to the first budget: it is resumed
-    assert _archive_keys(out) == searched and fourth.budget_ms == res["budget_ms"]
-    _assert_confirmed(fourth)
-    assert len(list(out.glob("search-*"))) == 1  # now the loose budget's search is kept
 
 
 def test_quickstart_bad_settings_are_refused(tmp_path):
@@ -180,3 +169,29 @@ def test_quickstart_bad_settings_are_refused(tmp_path):
                         "--out", str(tmp_path / "q")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "budget_ms=-2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_another_budget_searches_apart_and_the_first_comes_back(tmp_path):
+    """``out/search`` holds the search of the current settings; a search with other
+    settings is moved aside (never deleted) and comes back to be resumed."""
+    from hwnas.quickstart import _search_folder
+
+    first, loose = {"budgets_ms": [0.2], "seed": 0}, {"budgets_ms": [0.5], "seed": 0}
+
+    def searched(settings, marker):  # what a search leaves: its config and an archive
+        run_dir = _search_folder(tmp_path, settings)
+        assert run_dir == tmp_path / "search"
+        if not (run_dir / "config.json").exists():
+            run_dir.mkdir()
+            (run_dir / "config.json").write_text(json.dumps(settings))
+            (run_dir / "archive.parquet").write_text(marker)
+        return (run_dir / "archive.parquet").read_text()
+
+    assert searched(first, "first") == "first"
+    assert searched(first, "again") == "first"  # same settings: resumed where it is
+    assert searched(loose, "loose") == "loose"  # another budget: searched anew ...
+    kept = list(tmp_path.glob("search-*"))      # ... and the first kept beside it
+    assert len(kept) == 1 and (kept[0] / "archive.parquet").read_text() == "first"
+    assert searched(first, "never") == "first"  # back to the first budget: resumed
+    kept = list(tmp_path.glob("search-*"))
+    assert len(kept) == 1 and (kept[0] / "archive.parquet").read_text() == "loose"
