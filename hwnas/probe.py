@@ -165,8 +165,9 @@ class ReferenceClock:
 def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float | None,
                    exclude: str = "", n: int = REFERENCES):
     """The ``n`` rows of ``device``'s subnet table for ``space`` nearest in latency to
-    ``near_ms`` (log scale), from its calmer half (spread at most the median), leaving out
-    the key ``exclude`` (the measured arch itself would make the figure a re-measurement);
+    ``near_ms`` (log scale), leaving out the key ``exclude`` (the measured arch itself would
+    make the figure a re-measurement) and then keeping the calmer half of the rest (spread at
+    most their median: a table of 6 still gives 3);
     None where there is no such table for ``space`` or fewer than :data:`MIN_REFERENCES`
     rows qualify."""
     from hwnas.lut import read_table, table_paths
