@@ -34,12 +34,34 @@ def rng():
     return np.random.default_rng(0)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The bad-input tally (tests/test_bad_input.py): inputs tried, inputs refused cleanly."""
+def _bad_input_tally() -> dict:
     import sys
 
     module = sys.modules.get("test_bad_input")
-    if module is not None and module.TALLY["tried"]:
-        t = module.TALLY
+    return dict(module.TALLY) if module is not None else {"tried": 0, "refused cleanly": 0}
+
+
+_WORKER_TALLIES: list[dict] = []
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist a worker hands its bad-input tally to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["bad_input_tally"] = _bad_input_tally()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _WORKER_TALLIES.append(getattr(node, "workeroutput", {}).get("bad_input_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input tally (tests/test_bad_input.py): inputs tried, inputs refused cleanly,
+    summed over the xdist workers where there are any."""
+    t = _bad_input_tally()
+    for worker in _WORKER_TALLIES:
+        for k in t:
+            t[k] += worker.get(k, 0)
+    if t["tried"]:
         terminalreporter.write_line(f"bad input: {t['tried']} tried, {t['refused cleanly']} "
                                     f"refused cleanly ({t['refused cleanly'] / t['tried']:.0%})")
