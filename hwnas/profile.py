@@ -75,6 +75,7 @@ class ProfileResult:
     timing_s: float = 0.0
     timed_s: float = 0.0  # seconds inside timed calls
     visits: int = 0       # (item, round) timings done by this run (not taken from a journal)
+    discarded_bytes: int = 0  # converted subnet models deleted once timed (Backend.discard)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -85,7 +86,9 @@ class ProfileResult:
         """One line of what ``hwnas profile`` did for a table."""
         return (f"{label}: {len(self.table)} rows in {self.path} ({self.measured} measured now, "
                 f"{self.reused} already there); build {self.build_s:.1f} s, timing "
-                f"{self.timing_s:.1f} s ({self.timed_fraction:.0%} inside timed calls)")
+                f"{self.timing_s:.1f} s ({self.timed_fraction:.0%} inside timed calls)"
+                + (f"; {self.discarded_bytes / 1e6:.0f} MB of timed subnets' converted models "
+                   f"deleted" if self.discarded_bytes else ""))
 
 
 class Journal:
@@ -381,6 +384,9 @@ class Profiler:
                 journal.drop(r["key"] for r in rows)
                 journal.flush()
                 result.measured += len(rows)
+                if self.kind == "subnets":  # timed and stored: their models are not needed
+                    result.discarded_bytes += self.backend.discard(
+                        [it.spec(self.device)[2] for it in chunk])
             if self.calibrate and fresh_probes:
                 self._close_probes(result)
         return result

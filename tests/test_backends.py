@@ -146,6 +146,13 @@ def test_tflite_subnets_are_stitched_from_their_converted_ops(small, tmp_path, m
         [o for o in direct.info["ops"] if o not in layout]
     assert len(runner.info["ops"]) - len(direct.info["ops"]) <= 2
     assert np.all(runner.time(20) > 0)
+    # once timed, the subnet's file goes; its ops' files stay (they make it again)
+    backend = get_backend(dev, tmp_path)
+    key = model_key(f"{small.id}:{arch.key}", dev)
+    freed = backend.discard([key])
+    assert freed > 0 and not tflite.ConvertedCache().path(key).exists()
+    assert len(list((tmp_path / "cache").rglob("*.tflite"))) == len({o.key for o in op_list})
+    assert backend.discard([key]) == 0  # already gone: nothing to free, no error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")

@@ -17,7 +17,7 @@ from hwnas.errors import LutError
 from hwnas.lut import LatencyTable, read_table, write_table
 from hwnas.ops import unique_ops
 from hwnas.profile import (Profiler, least_busy_cores, op_items, pinned, profile,
-                           sample_subnets, summarize, timed_visit)
+                           sample_subnets, subnet_items, summarize, timed_visit)
 
 
 def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
@@ -39,6 +39,16 @@ def test_real_onnxruntime_profile_of_ops_and_subnets(tmp_path, small):
     assert small.arch_name(small.smallest()) in names  # smallest and largest always there
     archs = [small.arch(json.loads(a)) for a in subs["arch"]]
     assert np.all(lut.predict(archs) > 0)
+    # the timed subnets' models are deleted, the ops' stay
+    from hwnas.backends import get_backend
+
+    backend = get_backend(load_device("cpu-onnxruntime"), tmp_path / "cache")
+    subnet_files = [backend.cache_path(it.spec(backend.device)[2], ".onnx")
+                    for it in subnet_items(archs, small)]
+    assert sub_res.discarded_bytes > 0 and "MB of timed subnets" in sub_res.summary("subnets")
+    assert not any(p.exists() for p in subnet_files)
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) >= len(expected)
+    assert ops_res.discarded_bytes == 0
     # a second run measures nothing and keeps every row
     again, _ = profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path,
                        cache_dir=tmp_path / "cache", progress=False)
@@ -149,6 +159,7 @@ class FakeBackend:
     from hwnas.backends.base import Backend
 
     prepare_many = Backend.prepare_many
+    discard = Backend.discard  # nothing on disk to delete
 
     def __init__(self, noisy_first=()):
         self.visits = []

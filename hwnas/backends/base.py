@@ -104,6 +104,25 @@ class Backend(ABC):
         """Load a model file this runtime runs (``file_format``), e.g. an exported one."""
         raise BackendError(f"the {self.name} backend runs PyTorch modules, not model files")
 
+    def discard(self, keys: Sequence[str]) -> int:
+        """Delete the converted files of the models ``keys`` (cache keys, as ``prepare``
+        takes) that this backend makes again in seconds when asked: a timed subnet's model
+        is tens of MB, and a profile of hundreds of them would otherwise leave gigabytes.
+        Returns the bytes freed. Backends whose files are cheap or kept on purpose (ops,
+        TensorRT engines) keep them."""
+        return 0
+
+    def _unlink(self, paths) -> int:
+        freed = 0
+        for path in paths:
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:  # never made, or discarded already
+                continue
+            freed += size
+        return freed
+
     def cache_path(self, key: str, suffix: str) -> Path:
         """A file name for a converted artefact of ``key`` (op keys contain ':' and '>')."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]

@@ -77,6 +77,9 @@ class OnnxRuntimeBackend(Backend):
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
         return self.load(self.onnx_file(module, input_shape, key), input_shape, key)
 
+    def discard(self, keys) -> int:
+        return self._unlink(self.cache_path(key, ".onnx") for key in keys)
+
     def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         import onnxruntime as ort
 

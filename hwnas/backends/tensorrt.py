@@ -230,6 +230,11 @@ class TensorRTBackend(Backend):
             to_onnx(module.eval().float(), sample_input(input_shape), onnx_path)
         return self.load(onnx_path, input_shape, key)
 
+    def discard(self, keys) -> int:
+        """The ONNX file an engine was built from (exported again in seconds); the engine
+        itself, minutes to build, stays cached."""
+        return self._unlink(self.cache_path(key, ".onnx") for key in keys)
+
     def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         """Run an engine file as it is (``.engine``, e.g. an exported one), or one built
         from an ONNX file (cached by ``key``, else by the file's hash)."""

@@ -107,6 +107,12 @@ class TFLiteBackend(Backend):
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
         return self.load(self.tflite_file(module, input_shape, key), input_shape, key)
 
+    def discard(self, keys) -> int:
+        """A subnet's stitched file (restitched in milliseconds from its ops' files, which
+        stay) and any single-model file beside the tables."""
+        return self._unlink(p for key in keys
+                            for p in (ConvertedCache().path(key), self.cache_path(key, ".tflite")))
+
     def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         path = Path(path)
         x = nhwc(sample_input(input_shape)).numpy()
