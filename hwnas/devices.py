@@ -103,13 +103,17 @@ class Device:
 
     def with_batch(self, batch: int) -> "Device":
         """This device at another batch size, named ``<name>-b<batch>`` (its tables and
-        predictor are then that name's)."""
+        predictor are then that name's). Above batch 1 each model is loaded for its visit
+        only (``protocol.reload``): a loaded session keeps its activation memory, and the
+        default space's 449 ops at batch 32 held 24 GB loaded together."""
         if batch == self.batch:
             return self
         stem = batch_stem(self.name, self.batch)
+        protocol = self.protocol if batch == 1 or self.protocol.reload else \
+            dataclasses.replace(self.protocol, reload=True)
         return check_batch(dataclasses.replace(
-            self, batch=batch, name=stem if batch == 1 else f"{stem}-b{batch}"), self.path
-            or self.name)
+            self, batch=batch, name=stem if batch == 1 else f"{stem}-b{batch}",
+            protocol=protocol), self.path or self.name)
 
 
 _TOP_KEYS = {f.name for f in dataclasses.fields(Device)} - {"path"}
@@ -301,16 +305,28 @@ def load_device(name_or_path: str | Path | Device, batch: int | None = None) -> 
     if isinstance(name_or_path, Device):
         return name_or_path if batch is None else name_or_path.with_batch(batch)
     device = _load_file(name_or_path)
-    return device if batch is None else device.with_batch(batch)
+    if batch is None or batch == device.batch:
+        return device
+    # A name says the settings: where the device at that batch has a file of its own
+    # (cpu-onnxruntime at batch 32 is cpu-onnxruntime-b32.yaml, its p10 and reloads), that
+    # file is the device; two devices of one name would write one table two ways.
+    stem = batch_stem(device.name, device.batch)
+    named = stem if batch == 1 else f"{stem}-b{batch}"
+    if not Path(name_or_path).suffix and _has_file(named):
+        return _load_file(named)
+    return device.with_batch(batch)
+
+
+def _has_file(name: str) -> bool:
+    return any((folder / f"{name}{suffix}").exists()
+               for folder in (Path.cwd() / "devices", REPO_DEVICES) for suffix in (".yaml", ".yml"))
 
 
 def _load_file(name_or_path: str | Path) -> Device:
     import re
 
     match = re.fullmatch(r"(.+)-b([0-9]+)", str(name_or_path))
-    if match and not Path(name_or_path).suffix and not any(
-            (folder / f"{name_or_path}{suffix}").exists()
-            for folder in (Path.cwd() / "devices", REPO_DEVICES) for suffix in (".yaml", ".yml")):
+    if match and not Path(name_or_path).suffix and not _has_file(str(name_or_path)):
         try:
             base = _load_file(match.group(1))
         except DeviceError:

@@ -98,7 +98,12 @@ def test_batch_is_a_device_setting_and_a_name(tmp_path):
     assert b16.name == "cpu-onnxruntime-b16" and b16.batch == 16
     assert b16 == load_device("cpu-onnxruntime", batch=16)
     assert load_device("cpu-onnxruntime-b32", batch=64).name == "cpu-onnxruntime-b64"
-    assert load_device("cpu-onnxruntime-b32", batch=1).name == "cpu-onnxruntime"
+    # a batch whose device has a file of its own is that device: one name, one protocol
+    assert load_device("cpu-onnxruntime-b32", batch=1) == load_device("cpu-onnxruntime")
+    assert load_device("cpu-onnxruntime", batch=32) == b32 and b32.protocol.statistic == "p10"
+    # any other batch above 1 loads each model for its visit only (sessions hold activations)
+    assert b16.protocol.reload and not load_device("cpu-onnxruntime").protocol.reload
+    assert b16.protocol.runs == load_device("cpu-onnxruntime").protocol.runs
     assert load_device("cuda-torch-b64").batch == 64
     with pytest.raises(DeviceError, match="no device named 'phone9-b4'"):
         load_device("phone9-b4")
