@@ -41,6 +41,10 @@ from hwnas.ops import NetworkBuild, OpSpec, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
 
 FLUSH_SECONDS = 2.0  # journal rewritten at most this often (at most this much work is lost)
+# protocol settings that decide what a journal's samples are (max_spread and the retries
+# only decide which rows are timed again, so a resume may change them)
+SAMPLE_SETTINGS = ("warmup", "runs", "rounds", "window", "min_time_ms", "settle_ms", "reload",
+                   "statistic")
 RELOAD_GROUP = 40    # models built (converted, loaded) at once when the protocol reloads
 
 
@@ -117,6 +121,13 @@ class Journal:
             raise LutError(f"cannot resume from {self.path}: it was measured with another "
                            f"fingerprint ({'; '.join(diff)}); delete it or profile into "
                            f"another --out folder")
+        then, now = meta.get("protocol") or {}, self.meta.get("protocol") or {}
+        changed = [f"{k}: {then[k]!r} vs {now.get(k)!r}" for k in SAMPLE_SETTINGS
+                   if k in then and then[k] != now.get(k)]
+        if changed:
+            raise LutError(f"cannot resume from {self.path}: its samples were timed under "
+                           f"another protocol ({'; '.join(changed)}); delete it, profile into "
+                           f"another --out folder, or put the device's protocol back")
         df = table.to_pandas()
         for key, attempt, rnd, s in zip(df["key"], df["attempt"], df["round"], df["samples_ms"]):
             self.samples.setdefault((key, int(attempt), int(rnd)), np.asarray(s, dtype=float))

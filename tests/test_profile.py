@@ -16,7 +16,7 @@ from hwnas.devices import load_device
 from hwnas.errors import LutError
 from hwnas.lut import LatencyTable, read_table, write_table
 from hwnas.ops import unique_ops
-from hwnas.profile import (Profiler, least_busy_cores, op_items, pinned, profile,
+from hwnas.profile import (Journal, Profiler, least_busy_cores, op_items, pinned, profile,
                            sample_subnets, subnet_items, summarize, timed_visit)
 
 
@@ -240,6 +240,24 @@ def test_subnet_rows_have_their_own_retries(tmp_path, small):
                     max_spread=0.1).run(op_rows)
     row = ops.table.set_index("key").loc[op_rows[0].key]
     assert row["attempts"] == 1 and row["spread"] > 0.1
+
+
+def test_a_journal_of_another_protocol_is_not_resumed(tmp_path, small):
+    """Samples timed under one protocol (30 calls a visit, every model loaded) are not
+    summed with those of another (5 calls, reloaded): the journal is refused, and kept."""
+    items = op_items(unique_ops(small, [32])[:3])
+    prof = _profiler(tmp_path, small, FakeBackend(), rounds=2, runs=5, max_retries=0)
+    journal = Journal(tmp_path / "t.journal.parquet", prof.meta)
+    journal.add(items[0].key, 0, 0, np.full(5, 1.0))
+    journal.flush()
+    other = _profiler(tmp_path, small, FakeBackend(), rounds=2, runs=30, max_retries=0)
+    with pytest.raises(LutError, match=r"another protocol \(runs: 5 vs 30\).*delete it"):
+        other.run(items)
+    assert (tmp_path / "t.journal.parquet").exists()
+    # what only decides re-timing may change; the same protocol resumes
+    res = _profiler(tmp_path, small, FakeBackend(), rounds=2, runs=5, max_retries=1,
+                    max_spread=0.5).run(items)
+    assert len(res.table) == 3 and res.visits == 5  # the journal's visit was not redone
 
 
 def test_resume_refuses_another_fingerprint(tmp_path, small):
