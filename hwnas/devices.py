@@ -280,14 +280,22 @@ def find_device_file(name_or_path: str | Path) -> Path:
         if not p.exists():
             raise DeviceError(f"device file {p} does not exist")
         return p
-    for folder in (Path.cwd() / "devices", REPO_DEVICES):
-        for suffix in (".yaml", ".yml"):
-            candidate = folder / f"{name_or_path}{suffix}"
-            if candidate.exists():
-                return candidate
+    found = _named_file(str(name_or_path))
+    if found is not None:
+        return found
     known = ", ".join(sorted(d.stem for d in list_device_files())) or "none"
     raise DeviceError(f"no device named {str(name_or_path)!r}; known devices: {known} "
                       f"(or give a path to a .yaml file)")
+
+
+def _named_file(name: str) -> Path | None:
+    """The device file called ``name`` in ./devices or this repository's devices/."""
+    for folder in (Path.cwd() / "devices", REPO_DEVICES):
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name}{suffix}"
+            if candidate.exists():
+                return candidate
+    return None
 
 
 def list_device_files() -> list[Path]:
@@ -312,21 +320,16 @@ def load_device(name_or_path: str | Path | Device, batch: int | None = None) -> 
     # file is the device; two devices of one name would write one table two ways.
     stem = batch_stem(device.name, device.batch)
     named = stem if batch == 1 else f"{stem}-b{batch}"
-    if not Path(name_or_path).suffix and _has_file(named):
+    if not Path(name_or_path).suffix and _named_file(named) is not None:
         return _load_file(named)
     return device.with_batch(batch)
-
-
-def _has_file(name: str) -> bool:
-    return any((folder / f"{name}{suffix}").exists()
-               for folder in (Path.cwd() / "devices", REPO_DEVICES) for suffix in (".yaml", ".yml"))
 
 
 def _load_file(name_or_path: str | Path) -> Device:
     import re
 
     match = re.fullmatch(r"(.+)-b([0-9]+)", str(name_or_path))
-    if match and not Path(name_or_path).suffix and not _has_file(str(name_or_path)):
+    if match and not Path(name_or_path).suffix and _named_file(str(name_or_path)) is None:
         try:
             base = _load_file(match.group(1))
         except DeviceError:

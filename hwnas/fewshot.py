@@ -12,10 +12,11 @@ linear models over evidence that means the same on every device:
 Each candidate is a weighted least-squares line through a few of these columns (weights
 1/y, so it minimises *relative* error; the slopes of cost columns are kept non-negative, so
 a model cannot learn that more MACs make a net faster, and so is its intercept: a negative
-fixed cost fitted on large nets predicted the smallest cpu-tflite subnet 30% too fast). Only candidates with at least two
-samples per coefficient are tried, and with a LUT only those built on it (the device's own
-per-op timings): with k = 10 noisy samples, leave-one-out cannot tell a MACs line from the
-LUT line, and picking the MACs line lost 3-8 points held out. The prediction averages the
+fixed cost fitted on large nets predicted the smallest cpu-tflite subnet 30% too fast).
+Only candidates with at least two samples per coefficient are tried, and with a LUT only
+those built on it (the device's own per-op timings): with k = 10 noisy samples,
+leave-one-out cannot tell a MACs line from the LUT line, and picking the MACs line lost 3-8
+points held out. The prediction averages the
 candidates weighted by their leave-one-out error (``exp(-(MAPE / best - 1) / 0.3)``; choosing
 the single best instead lost to a trivial baseline in 7 of 12 regime/k cells, averaging in
 none, see README "Few-shot"), and every candidate's score and weight are kept. The trivial

@@ -110,8 +110,9 @@ class TFLiteBackend(Backend):
     def discard(self, keys) -> int:
         """A subnet's stitched file (restitched in milliseconds from its ops' files, which
         stay) and any single-model file beside the tables."""
+        cache = ConvertedCache()
         return self._unlink(p for key in keys
-                            for p in (ConvertedCache().path(key), self.cache_path(key, ".tflite")))
+                            for p in (cache.path(key), self.cache_path(key, ".tflite")))
 
     def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         path = Path(path)
