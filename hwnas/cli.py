@@ -120,6 +120,10 @@ def profile_cmd(
     subnets: int = typer.Option(0, min=0, help="also time N sampled subnets end to end "
                                 "(smallest and largest always included)"),
     seed: int = typer.Option(0, help="seed for sampling subnets"),
+    sampling: Optional[str] = typer.Option(None, help="how subnets are drawn: mixed (half "
+                                           "uniform, half spread from the smallest to the "
+                                           "largest net), uniform (OFA's) or spread "
+                                           "(default: what the table records, else mixed)"),
     out: Path = typer.Option(Path("lut"), help="folder for the tables"),
     cache: Optional[Path] = typer.Option(None, help="folder for converted models "
                                          "(default <out>/.cache/<device>)"),
@@ -135,7 +139,7 @@ def profile_cmd(
 
     res = _int_list(resolutions, "--resolutions") if resolutions else None
     ops_res, sub_res = profile(device, space, res, subnets, seed, out, cache, batch=batch,
-                               allow_drift=allow_drift)
+                               allow_drift=allow_drift, sampling=sampling)
     for label, r in (("ops", ops_res), ("subnets", sub_res)):
         if r is not None:
             console.print(r.summary(label))

@@ -7,7 +7,8 @@ resolution index. Indices are into the stage's own choices where a stage has the
 kernel index into ``space.kernel_choices`` (path sets in a multi-path space). It has one
 canonical form (:func:`canonical`: genes past a stage's depth are zero, the resolution gene
 on an allowed value), and one sampler, one mutation and one crossover on it
-(:func:`sample`, :func:`mutate`, :func:`crossover`), which both
+(:func:`sample`, :func:`mutate`, :func:`crossover`; :func:`sample_spread` for
+measuring), which both
 :class:`~hwnas.space.SearchSpace` and the search use, so a vector any of them makes is a
 valid arch and equal archs have equal vectors.
 
@@ -435,6 +436,23 @@ def sample(space: SearchSpace, n: int, rng: np.random.Generator,
     return canonical(space, rng.integers(lo, hi + 1, size=(n, n_var(space))), r_genes)
 
 
+def sample_spread(space: SearchSpace, n: int, rng: np.random.Generator,
+                  r_genes: np.ndarray | None = None) -> np.ndarray:
+    """``n`` canonical vectors whose sizes spread from the smallest net to the largest.
+
+    Independent uniform genes pile sizes up in the middle: in the small space 1 net in 250
+    has every stage at its least depth, yet a latency-bound search ends there. Here each
+    vector draws one size level ``t ~ U(0, 1)`` and every gene ``Binomial(choices - 1,
+    t)``: each gene on its own is still uniform over its choices (a beta-binomial with
+    a = b = 1), but the genes of one vector lean the same way, so depth, kernel, expand and
+    resolution sums reach their extremes as often as their middles (choices are listed in
+    increasing size)."""
+    lo, hi = bounds(space)
+    t = rng.random((n, 1))
+    X = lo[None, :] + rng.binomial((hi - lo)[None, :], np.broadcast_to(t, (n, len(lo))))
+    return canonical(space, X, r_genes)
+
+
 def mutate(space: SearchSpace, X: np.ndarray, rate: float, rng: np.random.Generator
            ) -> np.ndarray:
     """Redraw each gene with probability ``rate`` to a different value (not canonical:
@@ -459,5 +477,5 @@ def crossover(A: np.ndarray, B: np.ndarray, rng: np.random.Generator
 
 __all__ = ["bounds", "canonical", "check_vector", "crossover", "decode", "depth_table",
            "encode", "load", "load_many", "mutate", "n_var", "n_width_genes", "name", "parse",
-           "parse_name", "resolution_genes", "sample", "stage_depths", "stage_widths", "width_gene",
-           "width_table"]
+           "parse_name", "resolution_genes", "sample", "sample_spread", "stage_depths",
+           "stage_widths", "width_gene", "width_table"]

@@ -21,6 +21,7 @@ measured with another fingerprint is refused, saying what differs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from hwnas.devices import (PROTOCOL_LIMITS, Device, device_fingerprint, fingerpr
 from hwnas.errors import DeviceError, LutError
 from hwnas.display import progress as progress_bar
 from hwnas.lut import SCHEMA_VERSION, read_table, table_paths, table_statistic, write_table
+from hwnas import encoding
 from hwnas.backends.base import model_key
 from hwnas.ops import NetworkBuild, OpSpec, count, ops, unique_ops
 from hwnas.space import Arch, SearchSpace, get_space
@@ -365,14 +367,15 @@ class Profiler:
 
     def run(self, items: Sequence[Item]) -> ProfileResult:
         existing, existing_meta = self._existing()
+        if "sampling" in existing_meta:  # kept by a run that does not sample (measure_subnets)
+            self.meta.setdefault("sampling", existing_meta["sampling"])
         done = set(existing["key"]) if existing is not None else set()
         pending = [it for it in dict((it.key, it) for it in items).values() if it.key not in done]
         result = ProfileResult(self.path, existing if existing is not None else pd.DataFrame(),
                                reused=len(items) - len(pending))
         if not pending:
             return result
-        journal_path = self.path.with_name(self.path.name.replace(".parquet", "")
-                                           + ".journal.parquet")
+        journal_path = journal_of(self.path)
         if self.calibrate:
             interrupted = Journal.stored_meta(journal_path)  # newer than the table's
             drifts = interrupted.get("resumed_across_drift") or \
@@ -494,32 +497,68 @@ def subnet_items(archs: Iterable[Arch], space: SearchSpace) -> list[Item]:
     return items
 
 
+SAMPLINGS = ("mixed", "uniform", "spread")
+
+
 def sample_subnets(space: SearchSpace, n: int, seed: int = 0,
-                   resolutions: Sequence[int] | None = None) -> list[Arch]:
-    """``n`` distinct archs: always the smallest and the largest, the rest uniform (over
-    ``resolutions`` when given)."""
+                   resolutions: Sequence[int] | None = None,
+                   sampling: str = "uniform") -> list[Arch]:
+    """``n`` distinct archs: always the smallest and the largest, the rest by ``sampling``:
+    ``uniform`` (every choice independent, OFA's sampler), ``spread`` (sizes spread evenly
+    from the smallest to the largest, :func:`hwnas.encoding.sample_spread`) or ``mixed``
+    (the two in turn: the middle of the space where most nets are, and its ends, where a
+    latency-bound search goes). Over ``resolutions`` when given; the first ``m`` of ``n``
+    are the ``m`` that ``n = m`` gives, so a table extended with the same seed keeps its
+    rows."""
+    if sampling not in SAMPLINGS:
+        raise LutError(f"unknown subnet sampling {sampling!r}; allowed: {list(SAMPLINGS)}")
     res = sorted(resolutions) if resolutions else list(space.resolutions)
+    r_genes = encoding.resolution_genes(space, res)
     lo, hi = space.smallest(), space.largest()
     archs = {space.at_resolution(lo, res[0]): None, space.at_resolution(hi, res[-1]): None}
     rng = np.random.default_rng(seed)
-    while len(archs) < n:
-        a = space.sample(1, rng)[0]
-        archs[space.at_resolution(a, int(rng.choice(res)))] = None
+    for turn in itertools.count():
+        if len(archs) >= n:
+            break
+        if sampling == "spread" or (sampling == "mixed" and turn % 2):
+            archs[space.decode(encoding.sample_spread(space, 1, rng, r_genes)[0])] = None
+        else:
+            a = space.sample(1, rng)[0]
+            archs[space.at_resolution(a, int(rng.choice(res)))] = None
     return list(archs)[:max(n, 2)]
+
+
+def journal_of(path: Path) -> Path:
+    """Where an interrupted run into the table at ``path`` keeps its samples."""
+    return path.with_name(path.name.replace(".parquet", "") + ".journal.parquet")
+
+
+def table_sampling(path: Path) -> str:
+    """How the subnets of the table at ``path`` (or of its interrupted first run) were
+    sampled: what it records, ``uniform`` for one from before the record (the only
+    sampler then), ``mixed`` where there is none yet."""
+    if Path(path).exists():
+        return read_table(path, "subnets")[1].get("sampling", "uniform")
+    journal = journal_of(Path(path))
+    if journal.exists():
+        return Journal.stored_meta(journal).get("sampling", "uniform")
+    return "mixed"
 
 
 def profile(device: Device | str, space: SearchSpace | str = "default",
             resolutions: Sequence[int] | None = None, subnets: int = 0, seed: int = 0,
             out_dir: str | Path = "lut", cache_dir: str | Path | None = None,
             op_list: Sequence[OpSpec] | None = None, progress: bool = True,
-            batch: int | None = None, allow_drift: bool = False
+            batch: int | None = None, allow_drift: bool = False, sampling: str | None = None
             ) -> tuple[ProfileResult, ProfileResult | None]:
     """Measure every unique op of ``space`` (at ``resolutions``) on ``device`` into
     ``<out_dir>/<device>.parquet`` and, with ``subnets``, that many sampled subnets into
     ``<out_dir>/<device>.subnets.parquet``. Resumes where an earlier run stopped.
     ``batch`` overrides the device's batch size (the device is then ``<device>-b<batch>``,
     and so are its tables). ``allow_drift`` resumes a table although this machine now runs
-    the calibration probes at another speed (recorded in the table)."""
+    the calibration probes at another speed (recorded in the table). ``sampling`` picks
+    the subnets (:func:`sample_subnets`; default: the one the subnet table records, so
+    an extended table keeps its rows, else ``mixed``)."""
     device = load_device(device, batch)
     space = get_space(space)
     if resolutions:
@@ -528,14 +567,17 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
             raise LutError(f"resolution(s) {bad} are not in space {space.name!r}; allowed: "
                            f"{list(space.resolutions)}")
     op_path, subnet_path = table_paths(device.name, out_dir)
+    sampling = sampling or table_sampling(subnet_path)
+    archs = sample_subnets(space, subnets, seed, resolutions, sampling) if subnets else []
     targets = list(op_list) if op_list is not None else unique_ops(space, resolutions)
     ops_result = Profiler(device, space, op_path, "ops", cache_dir, progress, allow_drift).run(
         op_items(targets))
     subnet_result = None
     if subnets:
-        archs = sample_subnets(space, subnets, seed, resolutions)
-        subnet_result = Profiler(device, space, subnet_path, "subnets", cache_dir, progress,
-                                 allow_drift).run(subnet_items(archs, space))
+        profiler = Profiler(device, space, subnet_path, "subnets", cache_dir, progress,
+                            allow_drift)
+        profiler.meta["sampling"] = sampling
+        subnet_result = profiler.run(subnet_items(archs, space))
     return ops_result, subnet_result
 
 
@@ -585,6 +627,6 @@ def measure_subnets(device: Device | str, archs: Sequence[Arch], space: SearchSp
     return res.table.set_index("key").loc[[a.key for a in archs]].reset_index()
 
 
-__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "least_busy_cores", "measure_subnets",
-           "pinned", "profile", "sample_subnets", "settle", "time_runner", "timed_visit",
-           "summarize", "SCHEMA_VERSION"]
+__all__ = ["Item", "Journal", "ProfileResult", "Profiler", "SAMPLINGS", "least_busy_cores",
+           "measure_subnets", "pinned", "profile", "sample_subnets", "settle", "table_sampling",
+           "time_runner", "timed_visit", "summarize", "SCHEMA_VERSION"]

@@ -239,3 +239,10 @@ def test_fuzzed_device_yaml_text_is_read_or_refused_by_name(tmp_path_factory, te
     except DeviceError as exc:
         assert str(path) in str(exc)
     TALLY["refused cleanly"] += 1
+
+
+def test_an_unknown_subnet_sampling_is_refused_before_anything_is_timed(tmp_path, capsys):
+    ok, err = refused(["profile", "--device", "cpu-onnxruntime", "--space", "small",
+                       "--subnets", 4, "--sampling", "even", "--out", tmp_path], capsys)
+    assert ok and "'even'" in err and "'mixed', 'uniform', 'spread'" in err, err
+    assert not list(tmp_path.iterdir())  # no table was started

@@ -146,6 +146,71 @@ def test_sample_subnets_always_has_extremes(small):
     assert {a.r for a in sample_subnets(small, 10, seed=1, resolutions=[40])} == {40}
 
 
+def test_spread_sampling_keeps_each_choice_uniform_and_reaches_both_ends(small):
+    """A latency-bound search ends among the smallest nets; uniform sampling almost never
+    measures one (every stage at its least depth: 1 in 243), spread sampling often, while
+    each choice on its own stays as likely as under uniform sampling."""
+    from hwnas import encoding
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    X, U = encoding.sample_spread(small, n, rng), encoding.sample(small, n, rng)
+    depth_genes = [s * (1 + 2 * small.max_depth) for s in range(small.n_stages)]
+    for g in depth_genes + [X.shape[1] - 1]:  # depths and resolution: never zeroed
+        share = np.bincount(X[:, g], minlength=3) / n
+        assert np.abs(share - 1 / 3).max() < 0.03, (g, share)
+    least = (X[:, depth_genes] == 0).all(1).mean()
+    assert least > 0.06 and (U[:, depth_genes] == 0).all(1).mean() < 0.01
+    depth = encoding.stage_depths(small, X).sum(1)
+    assert np.bincount(depth)[10] > 0.8 * np.bincount(depth)[15]  # the ends as the middle
+
+
+def test_subnet_samplings(small):
+    # uniform is the sampler tables were drawn with before the choice: same archs, same order
+    rng, res = np.random.default_rng(3), list(small.resolutions)
+    old = {small.smallest(): None, small.largest(): None}
+    while len(old) < 12:
+        a = small.sample(1, rng)[0]
+        old[small.at_resolution(a, int(rng.choice(res)))] = None
+    assert sample_subnets(small, 12, seed=3, sampling="uniform") == list(old)
+    for how in ("mixed", "spread"):  # extending with the same seed keeps the first ones
+        more = sample_subnets(small, 24, seed=3, sampling=how)
+        assert more[:12] == sample_subnets(small, 12, seed=3, sampling=how)
+        assert len(set(more)) == 24 and more[:2] == list(old)[:2]
+        assert {a.r for a in sample_subnets(small, 8, 1, [40], how)} == {40}
+    assert sample_subnets(small, 24, seed=3, sampling="mixed") != \
+        sample_subnets(small, 24, seed=3, sampling="uniform")
+    with pytest.raises(LutError, match=r"unknown subnet sampling 'even'.*'mixed', 'uniform'"):
+        sample_subnets(small, 4, sampling="even")
+
+
+def test_a_subnet_table_records_its_sampling_and_is_extended_with_it(tmp_path, small):
+    fast = load_device("cpu-onnxruntime")
+    fast = dataclasses.replace(fast, protocol=dataclasses.replace(
+        fast.protocol, rounds=1, runs=3, min_time_ms=0, max_retries=0))
+    path = tmp_path / "cpu-onnxruntime.subnets.parquet"
+
+    def run(n, **kw):
+        return profile(fast, small, [32], subnets=n, out_dir=tmp_path, op_list=[],
+                       cache_dir=tmp_path / "c", progress=False, **kw)[1]
+
+    first = run(4)
+    assert read_table(path, "subnets")[1]["sampling"] == "mixed"  # a new table: mixed
+    assert list(first.table["key"]) == [a.key for a in sample_subnets(small, 4, 0, [32],
+                                                                     "mixed")]
+    # a table from before the record was drawn uniformly: extending it keeps to that
+    df, meta = read_table(path, "subnets")
+    meta.pop("sampling")
+    write_table(df, path, meta)
+    more = run(6)
+    uniform = {a.key for a in sample_subnets(small, 6, 0, [32], "uniform")}
+    assert set(more.table["key"]) == set(df["key"]) | uniform
+    assert more.measured == len(uniform - set(df["key"])) > 0
+    assert read_table(path, "subnets")[1]["sampling"] == "uniform"
+    with pytest.raises(LutError, match="allowed"):
+        run(6, sampling="evenly")
+
+
 def test_summarize():
     s = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert s["latency_ms"] == 3.0 and s["count"] == 5 and s["p90_ms"] > s["p10_ms"]
