@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hwnas.backends.adb_tflite import (Adb, AdbTFLiteBackend, benchmark_command,
-                                       parse_benchmark_output, parse_op_profile, push_command)
+                                       parse_benchmark_output, parse_op_profile, push_command,
+                                       remove_command)
 from hwnas.devices import load_device
 from hwnas.errors import BackendError, DeviceError
 
@@ -148,6 +149,25 @@ def test_backend_pushes_once_and_reads_the_median(small, tmp_path):
     t = runner.time(100)
     assert len(run.calls) == 4 and "--num_runs=100" in run.calls[-1][-1]
     assert runner.info["warmup_inside"]
+
+
+def test_a_timed_subnet_is_deleted_here_and_on_the_phone(tmp_path):
+    from hwnas.backends.tflite import ConvertedCache
+
+    dev = load_device("android-tflite-cpu")
+    s = dataclasses.replace(dev.android, serial="R58M 1", remote_dir="/data/local/tmp/my dir")
+    assert remove_command(s, ["/d/a b.tflite", "/d/c.tflite"]) == [
+        "adb", "-s", "R58M 1", "shell", "rm -f -- '/d/a b.tflite' /d/c.tflite"]
+    run = FakeRun([(0, "", "")])
+    backend = AdbTFLiteBackend(dataclasses.replace(dev, android=s), tmp_path,
+                               adb=Adb(s, runner=run))
+    stitched = ConvertedCache().path("subnet-1")  # where prepare_many put the net
+    stitched.parent.mkdir(parents=True, exist_ok=True)
+    stitched.write_bytes(b"x" * 1000)
+    assert backend.discard(["subnet-1", "never-made"]) == 1000 and not stitched.exists()
+    assert run.calls == [["adb", "-s", "R58M 1", "shell",
+                          f"rm -f -- '/data/local/tmp/my dir/{stitched.name}'"]]
+    assert backend.discard(["subnet-1"]) == 0 and len(run.calls) == 1  # nothing left to do
 
 
 def test_the_gpu_delegate_must_take_the_whole_model(small, tmp_path):

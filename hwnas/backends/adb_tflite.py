@@ -7,7 +7,8 @@ says so. Only text comes back: the ``count= ... avg= std=`` line of the timed ru
 builds add ``p5= median= p95=``) is parsed. With the GPU delegate the op profile shows the
 whole model as one ``TfLiteGpuDelegateV2`` row, so per-op GPU latency comes from timing
 each op as its own model; ``--enable_op_profiling`` is only used for fusion checks and a
-profiled run is never a timed one. Subprocesses run without a shell; a disconnected
+profiled run is never a timed one. A timed subnet's files are deleted here and on the
+phone once its row is in the table (``discard``). Subprocesses run without a shell; a disconnected
 phone is retried a bounded number of times, then reported with adb's own message.
 """
 
@@ -226,6 +227,12 @@ def push_command(settings, local: str | Path, remote: str) -> list[str]:
     return adb_prefix(settings) + ["push", str(local), remote]
 
 
+def remove_command(settings, remotes: Sequence[str]) -> list[str]:
+    """Delete pushed files on the phone (``rm -f``: one never pushed is no error)."""
+    return adb_prefix(settings) + ["shell", " ".join(
+        ["rm", "-f", "--"] + [shlex.quote(r) for r in remotes])]
+
+
 class Adb:
     """Runs adb commands with bounded retries for a disconnected phone."""
 
@@ -340,11 +347,24 @@ class AdbTFLiteBackend(Backend):
         paths = convert_cached(items, self.device, advance)
         return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
 
+    def discard(self, keys) -> int:
+        """Timed subnets' files here (as the CPU TFLite backend deletes them) and their
+        pushed copies on the phone, whose storage is smaller than a workstation's."""
+        from hwnas.backends.tflite import discardable_files
+
+        local = [p for p in discardable_files(self, keys) if p.exists()]
+        if local:
+            self.adb(remove_command(self.settings, [self._remote(p) for p in local]))
+        return self._unlink(local)
+
+    def _remote(self, local: Path) -> str:
+        return f"{self.settings.remote_dir.rstrip('/')}/{local.name}"
+
     def load(self, local, input_shape: tuple[int, ...], key: str = "") -> Runner:
         """Push a .tflite file to the phone and time it with benchmark_model."""
         local = Path(local)
         self._ensure_dir()
-        remote = f"{self.settings.remote_dir.rstrip('/')}/{local.name}"
+        remote = self._remote(local)
         self.adb(push_command(self.settings, local, remote))
         warmup = self.device.protocol.warmup
         info: dict[str, Any] = {"tflite": str(local), "remote": remote,

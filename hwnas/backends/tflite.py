@@ -54,6 +54,14 @@ def _gpu_model(path: str, precision: str = "fp32", litert=None):
     return model
 
 
+def discardable_files(backend: Backend, keys) -> list[Path]:
+    """What a TFLite backend deletes of timed subnets ``keys``: each one's stitched file
+    (restitched in milliseconds from its ops' files, which stay) and any single-model
+    file beside the tables."""
+    cache = ConvertedCache()
+    return [p for key in keys for p in (cache.path(key), backend.cache_path(key, ".tflite"))]
+
+
 @BACKENDS.register('tflite')
 class TFLiteBackend(Backend):
     name = "tflite"
@@ -108,11 +116,7 @@ class TFLiteBackend(Backend):
         return self.load(self.tflite_file(module, input_shape, key), input_shape, key)
 
     def discard(self, keys) -> int:
-        """A subnet's stitched file (restitched in milliseconds from its ops' files, which
-        stay) and any single-model file beside the tables."""
-        cache = ConvertedCache()
-        return self._unlink(p for key in keys
-                            for p in (cache.path(key), self.cache_path(key, ".tflite")))
+        return self._unlink(discardable_files(self, keys))
 
     def load(self, path, input_shape: tuple[int, ...], key: str = "") -> Runner:
         path = Path(path)
