@@ -40,7 +40,7 @@ class QuickstartConfig:
     device: str = "cpu-onnxruntime"
     tflite_device: str = "cpu-tflite"
     space: str = "small"
-    subnets: int = 90            # measured end to end; 60 fit the predictor, the rest judge it
+    subnets: int = 150           # measured end to end; 100 fit the predictor, the rest judge it
     train_epochs: int = 15
     train_max_steps: int | None = None
     evaluations: int = 100       # accuracy evaluations of the search
