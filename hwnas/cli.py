@@ -464,8 +464,9 @@ def quickstart_cmd(
     out: Path = typer.Option(Path("runs/quickstart"), help="everything goes here; a re-run "
                              "reuses what is valid"),
     seed: int = typer.Option(0),
-    subnets: Optional[int] = typer.Option(None, help="subnets measured end to end "
-                                          "(default 90)"),
+    subnets: Optional[int] = typer.Option(None, help="subnets measured end to end with "
+                                          "ONNX Runtime (default 150, scaled by "
+                                          "--minutes)"),
     epochs: Optional[int] = typer.Option(None, help="supernet epochs (default from "
                                          "--minutes)"),
     evaluations: Optional[int] = typer.Option(None, help="accuracy evaluations of the "
