@@ -105,6 +105,10 @@ class ExportResult:
 
     def notes(self) -> list[str]:
         return [f"skipped {s['stage']}: {s['why']}" for s in self.manifest["skipped"]] + \
+            [f"{r['device']} was timed in {r['measured_in']}: a process that has trained "
+             f"or searched runs models slower than the one that timed the tables"
+             for r in self.manifest["latency"]
+             if (r.get("measured_in") or "").startswith("this process")] + \
             [f"manifest: {self.manifest_path}"]
 
 
@@ -558,44 +562,58 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
     prediction (``ReferenceClock``), else its calibration probes (``ProbeClock``). The row
     then also says how much slower than the table the clock ran meanwhile and what the
     file measures at the table's speed: measured side by side, in the prediction's own
-    terms, which a shared host's slow phases do not move."""
-    arch, space, module, files, shape, out = (job.arch, job.space, job.module, job.files,
-                                              job.shape, job.out)
-    from hwnas.backends import get_backend
-    from hwnas.profile import pinned, time_runner
+    terms, which a shared host's slow phases do not move. Timed in a new process, as the
+    tables were (:func:`hwnas.profile.in_fresh_process`)."""
+    from hwnas.profile import in_fresh_process
 
+    arch, space, files = job.arch, job.space, job.files
     fmt = _device_format(device)
     variant = f"{fmt}-fp16" if fmt and device.precision == "fp16" and f"{fmt}-fp16" in files \
         else fmt
     predicted, how, scale = predict_latency(device.name, arch, space, lut_dir, allow_drift)
-    backend = get_backend(device, out / ".cache" / device.name)
-    shape = device.input_shape(shape)
+    model = files[variant] if fmt else job.module
     try:
-        with pinned(device.cpu_affinity, device.threads):
-            runner = backend.load(files[variant], shape) if fmt else \
-                backend.prepare(module, shape, arch.key)
-            clock = _clock(device, arch, space, lut_dir, predicted and predicted / scale)
-            try:
-                stats = time_runner(runner, device.protocol, clock)
-            finally:
-                runner.close()
-                if clock is not None:
-                    clock.close()
+        stats, where = in_fresh_process(
+            time_export, device, model, device.input_shape(job.shape), arch, space,
+            Path(lut_dir), predicted and predicted / scale, job.out / ".cache" / device.name)
     except HwnasError as exc:
         raise ExportError(f"measure {device.name}", str(exc)) from None
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
            "measured_ms": stats["latency_ms"], "spread": stats["spread"],
            "count": stats["count"], "statistic": stats["statistic"],
-           "predicted_ms": predicted, "predictor": how}
+           "predicted_ms": predicted, "predictor": how, "measured_in": where}
     row["measured/predicted"] = stats["latency_ms"] / predicted if predicted else None
     if "drift" in stats:
-        row["clock"] = clock.label
+        row["clock"] = stats["clock"]
         row["clock_during"] = stats["drift"]
         row["at_table_speed_ms"] = stats["at_table_speed_ms"]
         # the prediction before any --allow-drift scaling is in the table's terms
         row["at_table_speed/predicted"] = \
             stats["at_table_speed_ms"] / (predicted / scale) if predicted else None
     return row
+
+
+def time_export(device, model, shape, arch: Arch, space: SearchSpace, lut_dir: Path,
+                near_ms: float | None, cache: Path) -> dict[str, Any]:
+    """Time ``model`` (an exported file, or a module on torch devices) on ``device``,
+    pinned, with the clock between rounds (run by ``_measure`` in a new process)."""
+    from hwnas.backends import get_backend
+    from hwnas.profile import pinned, time_runner
+
+    backend = get_backend(device, cache)
+    with pinned(device.cpu_affinity, device.threads):
+        runner = backend.load(model, shape) if isinstance(model, Path) else \
+            backend.prepare(model, shape, arch.key)
+        clock = _clock(device, arch, space, lut_dir, near_ms)
+        try:
+            stats = time_runner(runner, device.protocol, clock)
+        finally:
+            runner.close()
+            if clock is not None:
+                clock.close()
+    if clock is not None:
+        stats["clock"] = clock.label
+    return stats
 
 
 def _clock(device, arch: Arch, space: SearchSpace, lut_dir, near_ms: float | None):

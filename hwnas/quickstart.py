@@ -115,6 +115,8 @@ class QuickstartResult:
             if r.get("at_table_speed/predicted") is not None:  # a clock timed between rounds
                 ratio += (f"; side by side with {r['clock']} x{r['at_table_speed/predicted']:.2f}"
                           f" (they ran {r['clock_during']:.2f}x their table times meanwhile)")
+            if (r.get("measured_in") or "").startswith("this process"):
+                ratio += f"; timed in {r['measured_in']}, which runs models slower"
             drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
             if drift:  # the machine's speed moved since profiling (hwnas.probe)
                 pred += f" (scaled by {drift.group(1)}: the calibration probes drifted)"

@@ -213,6 +213,7 @@ def test_cli_export_measures_on_the_device_against_the_prediction(small, tmp_pat
     row = m["latency"][0]
     assert row["device"] == "cpu-onnxruntime" and row["file"] == "model.onnx"
     assert row["measured_ms"] > 0 and row["count"] >= 30
+    assert row["measured_in"] == "a new process"
     assert row["predicted_ms"] == pytest.approx(float(table.predict(arch)))
     assert row["measured/predicted"] == pytest.approx(row["measured_ms"] / row["predicted_ms"])
     assert [c["inputs"] for c in m["checks"]][1] == ["batch"]  # the dynamic batch was run

@@ -211,6 +211,32 @@ def test_a_subnet_table_records_its_sampling_and_is_extended_with_it(tmp_path, s
         run(6, sampling="evenly")
 
 
+def test_a_check_is_timed_in_a_new_process_and_its_errors_come_back():
+    """A process that has trained or searched runs models slower than the one that timed
+    the tables, so checks of a prediction run in a new one."""
+    from hwnas.errors import DeviceError, HwnasError
+    from hwnas.export import ExportError
+    from hwnas.profile import in_fresh_process
+
+    pid, where = in_fresh_process(os.getpid)
+    assert pid != os.getpid() and where == "a new process"
+    with pytest.raises(DeviceError, match="no-such-device"):  # raised there, with its class
+        in_fresh_process(load_device, "no-such-device")
+    # a class built from more than its message comes back as an HwnasError with its words
+    with pytest.raises(HwnasError, match="stage 'measure x': it broke") as info:
+        in_fresh_process(_raise_export_error)
+    assert not isinstance(info.value, ExportError) and info.value.exit_code == 1
+    # what cannot be sent runs here, and says so
+    pid, where = in_fresh_process(lambda: os.getpid())
+    assert pid == os.getpid() and where.startswith("this process (arguments not sendable")
+
+
+def _raise_export_error():
+    from hwnas.export import ExportError
+
+    raise ExportError("measure x", "it broke")
+
+
 def test_summarize():
     s = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert s["latency_ms"] == 3.0 and s["count"] == 5 and s["p90_ms"] > s["p10_ms"]

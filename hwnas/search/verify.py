@@ -5,7 +5,8 @@ archs right up against the budget, where a 3% error breaks it. When this machine
 budget's device, :class:`Verifier`:
 
 * measures every evaluated candidate whose predicted latency ± 2σ straddles a budget (the
-  profiling protocol, on the model the device runs), up to ``limit`` of them;
+  profiling protocol, on the model the device runs, in a new process as the tables were
+  timed), up to ``limit`` of them;
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
 * measures each best-per-budget arch before it is reported, taking the next best while one
@@ -61,6 +62,7 @@ class Verifier:
         self.count = 0                         # the evaluator's count, set by the search
         self.in_search = 0                     # straddling candidates measured
         self.confirmed: dict[float, dict[str, Any]] = {}
+        self.where = ""                        # where the last measurement ran
 
     # ----------------------------------------------------------------- predicting
     @property
@@ -111,33 +113,31 @@ class Verifier:
 
     def measure(self, X: np.ndarray) -> np.ndarray:
         """Measured latency (ms) of each row, from the run's store when a resumed run
-        measured it before; refits the correction."""
-        from hwnas.ops import build_network, ops
-        from hwnas.profile import pinned, time_runner
+        measured it before; refits the correction. New measurements are taken in a new
+        process (:func:`hwnas.profile.in_fresh_process`), as the tables were."""
+        from hwnas.profile import in_fresh_process
 
         X = encoding.canonical(self.space, np.asarray(X))
-        out = np.empty(len(X))
         base = np.asarray(self.base.predict(X), dtype=float)
-        for i, x in enumerate(X):
-            arch = self.space.decode(x)
-            row = self.stored.get(arch.key)
-            if row is None:
-                t = time.perf_counter()
-                with pinned(self.device.cpu_affinity, self.device.threads):
-                    runner = self.backend.prepare(
-                        build_network(ops(arch, self.space)),
-                        self.device.input_shape((1, self.space.in_channels, arch.r, arch.r)),
-                        f"{self.space.id}:{arch.key}|{self.device.precision}|b"
-                        f"{self.device.batch}")
-                    stats = time_runner(runner, self.device.protocol)
-                    runner.close()
-                row = {"key": arch.key, "arch": arch.to_json(), "latency_ms": stats["latency_ms"],
-                       "spread": stats["spread"], "predicted_ms": float(base[i]),
-                       "at_count": self.count}
-                self.stored[arch.key] = row
+        archs = [self.space.decode(x) for x in X]
+        todo = list({a.key: a for a in archs if a.key not in self.stored}.values())
+        if todo:
+            t = time.perf_counter()
+            stats, where = in_fresh_process(time_archs, self.device, self.space, todo,
+                                            self.backend.cache_dir)
+            self.seconds += time.perf_counter() - t
+            self.where = where
+            for arch, st in zip(todo, stats):
+                i = next(j for j, a in enumerate(archs) if a.key == arch.key)
+                self.stored[arch.key] = {
+                    "key": arch.key, "arch": arch.to_json(), "latency_ms": st["latency_ms"],
+                    "spread": st["spread"], "predicted_ms": float(base[i]),
+                    "at_count": self.count}
                 self.measured_now += 1
-                self.seconds += time.perf_counter() - t
-                self._save()
+            self._save()
+        out = np.empty(len(X))
+        for i, (x, arch) in enumerate(zip(X, archs)):
+            row = self.stored[arch.key]
             self.active[x.tobytes()] = float(row["latency_ms"])
             self.keys[x.tobytes()] = arch.key
             out[i] = row["latency_ms"]
@@ -192,8 +192,31 @@ class Verifier:
     def summary(self) -> dict[str, Any]:
         return {"device": self.device.name, "measurements": len(self.active),
                 "measured_now": self.measured_now, "in_search": self.in_search,
-                "seconds": round(self.seconds, 1), "correction": list(self.coef),
+                "seconds": round(self.seconds, 1), "measured_in": self.where,
+                "correction": list(self.coef),
                 "confirmed": {f"{b:g}": v for b, v in self.confirmed.items()}}
+
+
+def time_archs(device, space: SearchSpace, archs, cache_dir: Path) -> list[dict[str, float]]:
+    """Time each arch's network on ``device`` with the profiling protocol, pinned as the
+    profiler pins (run by :meth:`Verifier.measure` in a new process)."""
+    from hwnas.backends import get_backend
+    from hwnas.ops import build_network, ops
+    from hwnas.profile import pinned, time_runner
+
+    backend = get_backend(device, cache_dir)
+    out = []
+    for arch in archs:
+        with pinned(device.cpu_affinity, device.threads):
+            runner = backend.prepare(
+                build_network(ops(arch, space)),
+                device.input_shape((1, space.in_channels, arch.r, arch.r)),
+                f"{space.id}:{arch.key}|{device.precision}|b{device.batch}")
+            try:
+                out.append(time_runner(runner, device.protocol))
+            finally:
+                runner.close()
+    return out
 
 
 def _one_budget(cfg, budget: float):
