@@ -598,13 +598,14 @@ def time_export(device, model, shape, arch: Arch, space: SearchSpace, lut_dir: P
     """Time ``model`` (an exported file, or a module on torch devices) on ``device``,
     pinned, with the clock between rounds (run by ``_measure`` in a new process)."""
     from hwnas.backends import get_backend
+    from hwnas.probe import measurement_clock
     from hwnas.profile import pinned, time_runner
 
     backend = get_backend(device, cache)
     with pinned(device.cpu_affinity, device.threads):
         runner = backend.load(model, shape) if isinstance(model, Path) else \
             backend.prepare(model, shape, arch.key)
-        clock = _clock(device, arch, space, lut_dir, near_ms)
+        clock = measurement_clock(device, arch, space, lut_dir, near_ms)
         try:
             stats = time_runner(runner, device.protocol, clock)
         finally:
@@ -614,24 +615,6 @@ def time_export(device, model, shape, arch: Arch, space: SearchSpace, lut_dir: P
     if clock is not None:
         stats["clock"] = clock.label
     return stats
-
-
-def _clock(device, arch: Arch, space: SearchSpace, lut_dir, near_ms: float | None):
-    """What ``_measure`` times between its rounds: the table's subnets nearest the
-    prediction, else the table's probes, else nothing (a phone, where one visit is a whole
-    benchmark_model run, or a device without tables)."""
-    from hwnas.backends import get_backend
-    from hwnas.probe import ProbeClock, ReferenceClock, reference_rows, table_probes
-
-    if device.backend.startswith("adb"):
-        return None
-    # converted models are cached beside the tables (as the profile and drift check keep them)
-    cache = Path(lut_dir) / ".cache" / device.name
-    rows = reference_rows(device.name, lut_dir, space, near_ms, exclude=arch.key)
-    if rows is not None:
-        return ReferenceClock(device, rows, space, get_backend(device, cache))
-    probes = table_probes(device.name, lut_dir)[0]
-    return ProbeClock(device, probes, cache) if probes and probes.get("ms") else None
 
 
 def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path,

@@ -187,6 +187,24 @@ def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float | Non
     return df.iloc[np.argsort(distance, kind="stable")[:n]]
 
 
+def measurement_clock(device, arch, space, lut_dir: str | Path, near_ms: float | None):
+    """What a check of a prediction times between its rounds (``time_runner``'s clock):
+    the device table's subnets nearest the prediction (:class:`ReferenceClock`), else the
+    table's probes (:class:`ProbeClock`), else nothing (a phone, where one visit is a whole
+    benchmark_model run, or a device without tables). Call inside ``pinned``."""
+    from hwnas.backends import get_backend
+
+    if device.backend.startswith("adb"):
+        return None
+    # converted models are cached beside the tables (as the profile and drift check keep them)
+    cache = Path(lut_dir) / ".cache" / device.name
+    rows = reference_rows(device.name, lut_dir, space, near_ms, exclude=arch.key)
+    if rows is not None:
+        return ReferenceClock(device, rows, space, get_backend(device, cache))
+    probes = table_probes(device.name, lut_dir)[0]
+    return ProbeClock(device, probes, cache) if probes and probes.get("ms") else None
+
+
 def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
            ) -> tuple[dict[str, Any], tuple[float, float, float]]:
     """Time the probes now and compare them with ``then``: (now, (median, p10, p90) of
@@ -281,4 +299,4 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
            "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "measure_probes",
-           "reference_rows", "retime", "table_probes"]
+           "measurement_clock", "reference_rows", "retime", "table_probes"]

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,6 +93,14 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert len(confirmed) == 1 and next(iter(confirmed.values()))["measured_ms"] <= \
         res["budget_ms"]
     assert res["verify"]["measurements"] >= 1
+    # checked in a new process, beside the table's own subnets: the latency that decides is
+    # the one at the table's speed, the raw one kept beside it
+    assert res["verify"]["measured_in"] == "a new process"
+    checked = pd.read_parquet(out / "search" / "measured.parquet")
+    assert (checked["raw_ms"] > 0).all() and checked["clock_during"].between(0.3, 3).all()
+    assert np.allclose(checked["latency_ms"], checked["raw_ms"] / checked["clock_during"],
+                       rtol=0.35)  # a median of per-round ratios, not the ratio of medians
+    assert all(r["measured_in"] == "a new process" for r in res["latency"])
     for device in ("cpu-onnxruntime", "cpu-tflite"):
         spreads = pd.read_parquet(out / "lut" / f"{device}.subnets.parquet")["spread"]
         assert res["noise"][device]["subnets"] == pytest.approx(spreads.median())

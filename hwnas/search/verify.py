@@ -6,7 +6,8 @@ budget's device, :class:`Verifier`:
 
 * measures every evaluated candidate whose predicted latency ± 2σ straddles a budget (the
   profiling protocol, on the model the device runs, in a new process as the tables were
-  timed), up to ``limit`` of them;
+  timed, with the table's subnets nearest the prediction timed between its rounds: the
+  latency recorded is at the table's speed, the raw one is kept), up to ``limit`` of them;
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
 * measures each best-per-budget arch before it is reported, taking the next best while one
@@ -39,13 +40,14 @@ class Verifier:
     """Measures a search's candidates on its budget device (see the module docstring)."""
 
     def __init__(self, device, space: SearchSpace, predictor, budgets_ms, folder: Path,
-                 limit: int = 100) -> None:
+                 limit: int = 100, lut_dir: str | Path | None = None) -> None:
         from hwnas.backends import get_backend
 
         self.device, self.space, self.base = device, space, predictor
         self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
         self.path = Path(folder) / "measured.parquet"
         self.limit = int(limit)
+        self.lut_dir = Path(lut_dir) if lut_dir else None  # the tables a clock is taken from
         self.backend = get_backend(device, Path(folder) / ".cache" / device.name)
         self.stored: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -120,17 +122,25 @@ class Verifier:
         X = encoding.canonical(self.space, np.asarray(X))
         base = np.asarray(self.base.predict(X), dtype=float)
         archs = [self.space.decode(x) for x in X]
-        todo = list({a.key: a for a in archs if a.key not in self.stored}.values())
+        first = {}
+        for i, a in enumerate(archs):
+            if a.key not in self.stored:
+                first.setdefault(a.key, i)
+        todo = [archs[i] for i in first.values()]
         if todo:
             t = time.perf_counter()
-            stats, where = in_fresh_process(time_archs, self.device, self.space, todo,
-                                            self.backend.cache_dir)
+            stats, where = in_fresh_process(
+                time_archs, self.device, self.space, todo, self.backend.cache_dir,
+                self.lut_dir, [float(base[i]) for i in first.values()])
             self.seconds += time.perf_counter() - t
             self.where = where
-            for arch, st in zip(todo, stats):
-                i = next(j for j, a in enumerate(archs) if a.key == arch.key)
+            for arch, st, i in zip(todo, stats, first.values()):
+                # beside the table's own subnets: the latency at the table's speed, in the
+                # prediction's terms (a host's slow phase moves both); the raw one is kept
                 self.stored[arch.key] = {
-                    "key": arch.key, "arch": arch.to_json(), "latency_ms": st["latency_ms"],
+                    "key": arch.key, "arch": arch.to_json(),
+                    "latency_ms": st.get("at_table_speed_ms", st["latency_ms"]),
+                    "raw_ms": st["latency_ms"], "clock_during": st.get("drift", np.nan),
                     "spread": st["spread"], "predicted_ms": float(base[i]),
                     "at_count": self.count}
                 self.measured_now += 1
@@ -197,25 +207,32 @@ class Verifier:
                 "confirmed": {f"{b:g}": v for b, v in self.confirmed.items()}}
 
 
-def time_archs(device, space: SearchSpace, archs, cache_dir: Path) -> list[dict[str, float]]:
+def time_archs(device, space: SearchSpace, archs, cache_dir: Path, lut_dir: Path | None,
+               near_ms) -> list[dict[str, float]]:
     """Time each arch's network on ``device`` with the profiling protocol, pinned as the
-    profiler pins (run by :meth:`Verifier.measure` in a new process)."""
+    profiler pins, with the table's subnets nearest its prediction (``near_ms``) timed
+    between the rounds where there is a table (run by :meth:`Verifier.measure` in a new
+    process)."""
     from hwnas.backends import get_backend
     from hwnas.ops import build_network, ops
+    from hwnas.probe import measurement_clock
     from hwnas.profile import pinned, time_runner
 
     backend = get_backend(device, cache_dir)
     out = []
-    for arch in archs:
+    for arch, near in zip(archs, near_ms):
         with pinned(device.cpu_affinity, device.threads):
             runner = backend.prepare(
                 build_network(ops(arch, space)),
                 device.input_shape((1, space.in_channels, arch.r, arch.r)),
                 f"{space.id}:{arch.key}|{device.precision}|b{device.batch}")
+            clock = measurement_clock(device, arch, space, lut_dir, near) if lut_dir else None
             try:
-                out.append(time_runner(runner, device.protocol))
+                out.append(time_runner(runner, device.protocol, clock))
             finally:
                 runner.close()
+                if clock is not None:
+                    clock.close()
     return out
 
 
@@ -245,7 +262,7 @@ def make_verifier(cfg, space: SearchSpace, predictors: Mapping[str, Any], folder
             raise SearchError(f"--verify needs {device.name} on this machine: {problem}")
         return None
     return Verifier(device, space, predictors[cfg.budget_device], cfg.budgets_ms, folder,
-                    cfg.verify_limit)
+                    cfg.verify_limit, cfg.lut_dir)
 
 
 __all__ = ["Verifier", "make_verifier"]
