@@ -564,6 +564,7 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
     file measures at the table's speed: measured side by side, in the prediction's own
     terms, which a shared host's slow phases do not move. Timed in a new process, as the
     tables were (:func:`hwnas.profile.in_fresh_process`)."""
+    from hwnas.probe import time_beside_table
     from hwnas.profile import in_fresh_process
 
     arch, space, files = job.arch, job.space, job.files
@@ -574,8 +575,9 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
     model = files[variant] if fmt else job.module
     try:
         stats, where = in_fresh_process(
-            time_export, device, model, device.input_shape(job.shape), arch, space,
-            Path(lut_dir), predicted and predicted / scale, job.out / ".cache" / device.name)
+            time_beside_table, device, model, device.input_shape(job.shape), arch.key, arch,
+            space, Path(lut_dir), predicted and predicted / scale,
+            job.out / ".cache" / device.name)
     except HwnasError as exc:
         raise ExportError(f"measure {device.name}", str(exc)) from None
     row = {"device": device.name, "file": files[variant].name if fmt else "(pytorch module)",
@@ -591,30 +593,6 @@ def _measure(device, job: ExportJob, lut_dir, allow_drift: bool = False) -> dict
         row["at_table_speed/predicted"] = \
             stats["at_table_speed_ms"] / (predicted / scale) if predicted else None
     return row
-
-
-def time_export(device, model, shape, arch: Arch, space: SearchSpace, lut_dir: Path,
-                near_ms: float | None, cache: Path) -> dict[str, Any]:
-    """Time ``model`` (an exported file, or a module on torch devices) on ``device``,
-    pinned, with the clock between rounds (run by ``_measure`` in a new process)."""
-    from hwnas.backends import get_backend
-    from hwnas.probe import measurement_clock
-    from hwnas.profile import pinned, time_runner
-
-    backend = get_backend(device, cache)
-    with pinned(device.cpu_affinity, device.threads):
-        runner = backend.load(model, shape) if isinstance(model, Path) else \
-            backend.prepare(model, shape, arch.key)
-        clock = measurement_clock(device, arch, space, lut_dir, near_ms)
-        try:
-            stats = time_runner(runner, device.protocol, clock)
-        finally:
-            runner.close()
-            if clock is not None:
-                clock.close()
-    if clock is not None:
-        stats["clock"] = clock.label
-    return stats
 
 
 def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | Path,

@@ -205,6 +205,32 @@ def measurement_clock(device, arch, space, lut_dir: str | Path, near_ms: float |
     return ProbeClock(device, probes, cache) if probes and probes.get("ms") else None
 
 
+def time_beside_table(device, model, shape, key: str, arch, space, lut_dir: Path | None,
+                      near_ms: float | None, cache_dir: Path) -> dict[str, Any]:
+    """Time ``model`` (a model file, or a module the backend converts under ``key``) on
+    ``device`` with the profiling protocol, pinned, with :func:`measurement_clock` timed
+    between its rounds where there is a table: what a check of a prediction times (the
+    search's verification, an export's measurement, each in a new process). The stats
+    also hold the clock's ``label`` as ``clock``."""
+    from hwnas.backends import get_backend
+    from hwnas.profile import pinned, time_runner
+
+    backend = get_backend(device, cache_dir)
+    with pinned(device.cpu_affinity, device.threads):
+        runner = backend.load(model, shape) if isinstance(model, Path) else \
+            backend.prepare(model, shape, key)
+        clock = measurement_clock(device, arch, space, lut_dir, near_ms) if lut_dir else None
+        try:
+            stats = time_runner(runner, device.protocol, clock)
+        finally:
+            runner.close()
+            if clock is not None:
+                clock.close()
+    if clock is not None:
+        stats["clock"] = clock.label
+    return stats
+
+
 def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
            ) -> tuple[dict[str, Any], tuple[float, float, float]]:
     """Time the probes now and compare them with ``then``: (now, (median, p10, p90) of
@@ -299,4 +325,5 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
            "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "measure_probes",
-           "measurement_clock", "reference_rows", "retime", "table_probes"]
+           "measurement_clock", "reference_rows", "retime", "table_probes",
+           "time_beside_table"]

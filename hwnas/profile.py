@@ -21,7 +21,6 @@ measured with another fingerprint is refused, saying what differs.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -517,14 +516,14 @@ def sample_subnets(space: SearchSpace, n: int, seed: int = 0,
     lo, hi = space.smallest(), space.largest()
     archs = {space.at_resolution(lo, res[0]): None, space.at_resolution(hi, res[-1]): None}
     rng = np.random.default_rng(seed)
-    for turn in itertools.count():
-        if len(archs) >= n:
-            break
+    turn = 0
+    while len(archs) < n:
         if sampling == "spread" or (sampling == "mixed" and turn % 2):
             archs[space.decode(encoding.sample_spread(space, 1, rng, r_genes)[0])] = None
         else:
             a = space.sample(1, rng)[0]
             archs[space.at_resolution(a, int(rng.choice(res)))] = None
+        turn += 1
     return list(archs)[:max(n, 2)]
 
 
@@ -567,8 +566,9 @@ def profile(device: Device | str, space: SearchSpace | str = "default",
             raise LutError(f"resolution(s) {bad} are not in space {space.name!r}; allowed: "
                            f"{list(space.resolutions)}")
     op_path, subnet_path = table_paths(device.name, out_dir)
-    sampling = sampling or table_sampling(subnet_path)
-    archs = sample_subnets(space, subnets, seed, resolutions, sampling) if subnets else []
+    if subnets:  # drawn (and a bad sampling refused) before anything is timed
+        sampling = sampling or table_sampling(subnet_path)
+        archs = sample_subnets(space, subnets, seed, resolutions, sampling)
     targets = list(op_list) if op_list is not None else unique_ops(space, resolutions)
     ops_result = Profiler(device, space, op_path, "ops", cache_dir, progress, allow_drift).run(
         op_items(targets))
@@ -688,5 +688,6 @@ def measure_subnets(device: Device | str, archs: Sequence[Arch], space: SearchSp
 
 
 __all__ = ["Item", "Journal", "ProfileResult", "Profiler", "SAMPLINGS", "in_fresh_process",
-           "least_busy_cores", "measure_subnets", "pinned", "profile", "sample_subnets", "settle", "table_sampling",
-           "time_runner", "timed_visit", "summarize", "SCHEMA_VERSION"]
+           "least_busy_cores", "measure_subnets", "pinned", "profile", "sample_subnets",
+           "settle", "table_sampling", "time_runner", "timed_visit", "summarize",
+           "SCHEMA_VERSION"]

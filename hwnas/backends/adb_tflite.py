@@ -8,8 +8,9 @@ builds add ``p5= median= p95=``) is parsed. With the GPU delegate the op profile
 whole model as one ``TfLiteGpuDelegateV2`` row, so per-op GPU latency comes from timing
 each op as its own model; ``--enable_op_profiling`` is only used for fusion checks and a
 profiled run is never a timed one. A timed subnet's files are deleted here and on the
-phone once its row is in the table (``discard``). Subprocesses run without a shell; a disconnected
-phone is retried a bounded number of times, then reported with adb's own message.
+phone once its row is in the table (``discard``). Subprocesses run without a shell; a
+disconnected phone is retried a bounded number of times, then reported with adb's own
+message.
 """
 
 from __future__ import annotations

@@ -122,26 +122,23 @@ class Verifier:
         X = encoding.canonical(self.space, np.asarray(X))
         base = np.asarray(self.base.predict(X), dtype=float)
         archs = [self.space.decode(x) for x in X]
-        first = {}
-        for i, a in enumerate(archs):
-            if a.key not in self.stored:
-                first.setdefault(a.key, i)
-        todo = [archs[i] for i in first.values()]
+        # arch key -> (arch, its prediction), each arch not measured before once
+        todo = {a.key: (a, float(p)) for a, p in zip(archs, base) if a.key not in self.stored}
         if todo:
             t = time.perf_counter()
-            stats, where = in_fresh_process(
-                time_archs, self.device, self.space, todo, self.backend.cache_dir,
-                self.lut_dir, [float(base[i]) for i in first.values()])
+            todo_archs, near = zip(*todo.values())
+            stats, self.where = in_fresh_process(
+                time_archs, self.device, self.space, todo_archs, self.backend.cache_dir,
+                self.lut_dir, near)
             self.seconds += time.perf_counter() - t
-            self.where = where
-            for arch, st, i in zip(todo, stats, first.values()):
+            for (arch, predicted), st in zip(todo.values(), stats):
                 # beside the table's own subnets: the latency at the table's speed, in the
                 # prediction's terms (a host's slow phase moves both); the raw one is kept
                 self.stored[arch.key] = {
                     "key": arch.key, "arch": arch.to_json(),
                     "latency_ms": st.get("at_table_speed_ms", st["latency_ms"]),
                     "raw_ms": st["latency_ms"], "clock_during": st.get("drift", np.nan),
-                    "spread": st["spread"], "predicted_ms": float(base[i]),
+                    "spread": st["spread"], "predicted_ms": predicted,
                     "at_count": self.count}
                 self.measured_now += 1
             self._save()
@@ -208,32 +205,17 @@ class Verifier:
 
 
 def time_archs(device, space: SearchSpace, archs, cache_dir: Path, lut_dir: Path | None,
-               near_ms) -> list[dict[str, float]]:
-    """Time each arch's network on ``device`` with the profiling protocol, pinned as the
-    profiler pins, with the table's subnets nearest its prediction (``near_ms``) timed
-    between the rounds where there is a table (run by :meth:`Verifier.measure` in a new
-    process)."""
-    from hwnas.backends import get_backend
+               near_ms) -> list[dict[str, Any]]:
+    """Each arch's network timed beside the table's subnets nearest its prediction
+    (``near_ms``), in one process (:meth:`Verifier.measure` runs this in a new one)."""
     from hwnas.ops import build_network, ops
-    from hwnas.probe import measurement_clock
-    from hwnas.profile import pinned, time_runner
+    from hwnas.probe import time_beside_table
 
-    backend = get_backend(device, cache_dir)
-    out = []
-    for arch, near in zip(archs, near_ms):
-        with pinned(device.cpu_affinity, device.threads):
-            runner = backend.prepare(
-                build_network(ops(arch, space)),
-                device.input_shape((1, space.in_channels, arch.r, arch.r)),
-                f"{space.id}:{arch.key}|{device.precision}|b{device.batch}")
-            clock = measurement_clock(device, arch, space, lut_dir, near) if lut_dir else None
-            try:
-                out.append(time_runner(runner, device.protocol, clock))
-            finally:
-                runner.close()
-                if clock is not None:
-                    clock.close()
-    return out
+    return [time_beside_table(
+        device, build_network(ops(arch, space)),
+        device.input_shape((1, space.in_channels, arch.r, arch.r)),
+        f"{space.id}:{arch.key}|{device.precision}|b{device.batch}", arch, space, lut_dir,
+        near, cache_dir) for arch, near in zip(archs, near_ms)]
 
 
 def _one_budget(cfg, budget: float):
