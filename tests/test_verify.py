@@ -127,3 +127,34 @@ def test_verify_on_needs_the_device_here_and_off_measures_nothing(tmp_path, smal
     assert res.verify is None and not (tmp_path / "b" / "measured.parquet").exists()
     with pytest.raises(SearchError, match="verify='sometimes'"):
         SearchConfig(verify="sometimes")
+
+
+def test_a_drift_scaled_prediction_is_checked_in_its_own_terms(tmp_path, small, monkeypatch):
+    """With --allow-drift the predictions are today's (the table's times the drift ratio):
+    the clock's table subnets are chosen near the unscaled prediction, and the latency at
+    the table's speed is put back in the predictions' terms before it meets a budget."""
+    from hwnas.devices import load_device
+    from hwnas.ops import encode_batch
+    from hwnas.probe import Drift, ScaledPredictor
+    from hwnas.search import verify
+
+    asked = []
+
+    def timed_beside_table(device, space, archs, cache_dir, lut_dir, near_ms):
+        asked.append(list(near_ms))  # the host now runs at 1.5x the table's times
+        return [{"latency_ms": 3.0, "at_table_speed_ms": 2.0, "drift": 1.5, "spread": 0.01}
+                for _ in archs]
+
+    monkeypatch.setattr(verify, "time_archs", timed_beside_table)
+    base, arch = Optimistic(small), small.smallest()
+    X = encode_batch([arch], small)
+    for ratio, expected in ((1.5, 3.0), (None, 2.0)):
+        pred = base if ratio is None else ScaledPredictor(base, Drift(ratio, "test", True))
+        folder = tmp_path / str(ratio)
+        v = verify.Verifier(load_device("cpu-onnxruntime"), small, pred, (1.0,), folder,
+                            lut_dir=tmp_path / "lut")
+        assert v.measure(X)[0] == pytest.approx(expected)
+        assert asked.pop() == [pytest.approx(base.predict([arch])[0])]
+        row = pd.read_parquet(folder / "measured.parquet").iloc[0]
+        assert row["raw_ms"] == 3.0 and row["latency_ms"] == pytest.approx(expected)
+        assert row["drift_scale"] == (ratio or 1.0)

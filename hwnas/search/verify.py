@@ -7,7 +7,8 @@ budget's device, :class:`Verifier`:
 * measures every evaluated candidate whose predicted latency ± 2σ straddles a budget (the
   profiling protocol, on the model the device runs, in a new process as the tables were
   timed, with the table's subnets nearest the prediction timed between its rounds: the
-  latency recorded is at the table's speed, the raw one is kept), up to ``limit`` of them;
+  latency recorded is at the table's speed, times the drift ratio the predictions were
+  scaled by, if any; the raw one is kept), up to ``limit`` of them;
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
 * measures each best-per-budget arch before it is reported, taking the next best while one
@@ -43,7 +44,13 @@ class Verifier:
                  limit: int = 100, lut_dir: str | Path | None = None) -> None:
         from hwnas.backends import get_backend
 
+        from hwnas.probe import ScaledPredictor
+
         self.device, self.space, self.base = device, space, predictor
+        # predictions scaled for a drift of this machine (--allow-drift) are in today's
+        # terms: a latency at the table's speed is put in them (times the same ratio)
+        self.scale = float(predictor.drift.ratio) if isinstance(predictor, ScaledPredictor) \
+            else 1.0
         self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
         self.path = Path(folder) / "measured.parquet"
         self.limit = int(limit)
@@ -129,17 +136,19 @@ class Verifier:
             todo_archs, near = zip(*todo.values())
             stats, self.where = in_fresh_process(
                 time_archs, self.device, self.space, todo_archs, self.backend.cache_dir,
-                self.lut_dir, near)
+                self.lut_dir, [p / self.scale for p in near])  # the table's own terms
             self.seconds += time.perf_counter() - t
             for (arch, predicted), st in zip(todo.values(), stats):
                 # beside the table's own subnets: the latency at the table's speed, in the
                 # prediction's terms (a host's slow phase moves both); the raw one is kept
+                at_table = st.get("at_table_speed_ms")
                 self.stored[arch.key] = {
                     "key": arch.key, "arch": arch.to_json(),
-                    "latency_ms": st.get("at_table_speed_ms", st["latency_ms"]),
+                    "latency_ms": st["latency_ms"] if at_table is None
+                    else at_table * self.scale,
                     "raw_ms": st["latency_ms"], "clock_during": st.get("drift", np.nan),
-                    "spread": st["spread"], "predicted_ms": predicted,
-                    "at_count": self.count}
+                    "drift_scale": self.scale, "spread": st["spread"],
+                    "predicted_ms": predicted, "at_count": self.count}
                 self.measured_now += 1
             self._save()
         out = np.empty(len(X))
