@@ -307,6 +307,10 @@ def search_cmd(
                                   "budget device: auto (when it runs here), on, off"),
     verify_limit: int = typer.Option(100, min=0, help="archs measured during the search at "
                                      "most (the best per budget are measured besides)"),
+    verify_margin: float = typer.Option(0.03, min=0.0, max=0.99, help="a verified best per "
+                                        "budget is measured at least this fraction under its "
+                                        "budget (a second measurement of one arch differs by "
+                                        "a few percent)"),
     allow_drift: bool = typer.Option(False, help="use tables whose calibration probes this "
                                      "machine runs >10% faster or slower, scaling predictions"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/search-<time>)"),
@@ -330,7 +334,7 @@ def search_cmd(
         accuracy_table=str(accuracy_table) if accuracy_table else None, accuracy=accuracy,
         nat_initial=nat_initial, nat_per_iteration=nat_per_iteration,
         nat_adapt_steps=nat_adapt_steps, verify=verify, verify_limit=verify_limit,
-        allow_drift=allow_drift)
+        verify_margin=verify_margin, allow_drift=allow_drift)
     _show_search(search(cfg, out))
 
 @app.command("export")

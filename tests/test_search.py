@@ -319,6 +319,22 @@ def test_a_search_that_found_nothing_finishes_empty(small, predictor, tmp_path):
     assert archive_objectives(empty, cfg.parsed_objectives).shape == (0, 2)
 
 
+def test_a_verified_best_sits_the_margin_under_its_budget(small, predictor):
+    """A second measurement of one arch differs by a few percent: with verification, the
+    best per budget is the best measured at least ``verify_margin`` under it."""
+    from hwnas.search import SearchError, best_per_budget
+
+    cfg = SearchConfig(space="small", objectives=("acc", f"latency:{DEV}"),
+                       budgets_ms=(1.0,), verify_margin=0.03)
+    rows = pd.DataFrame({"key": list("abc"), "arch": ["{}"] * 3, "feasible": True,
+                         "acc": [0.9, 0.8, 0.7], f"latency:{DEV}": [0.99, 0.97, 0.5]})
+    assert best_per_budget(rows, cfg)[1.0]["key"] == "a"  # no margin: at the budget
+    assert best_per_budget(rows, cfg, cfg.verify_margin)[1.0]["key"] == "b"  # 0.97*1.03 < 1
+    assert best_per_budget(rows, cfg, 0.5)[1.0]["key"] == "c"
+    with pytest.raises(SearchError, match=r"verify_margin.*a fraction in \[0, 1\)"):
+        SearchConfig(verify_margin=1.5)
+
+
 def test_resume_from_the_command_line_needs_only_the_folder(lut_dir, tmp_path, capsys):
     """``hwnas search --resume DIR`` alone continues DIR from its own config.json (the
     README's command); a second --out is refused rather than silently ignored."""

@@ -92,6 +92,9 @@ class SearchConfig:
     verify: str = "auto"                # measure near-budget archs on the budget device:
                                         # auto (when it runs here), on, off
     verify_limit: int = 100             # candidates measured during the search at most
+    verify_margin: float = 0.03         # a verified best sits this fraction under its
+                                        # budget: a second measurement of one arch here
+                                        # differs by 1-4% (7% once, in a noisy phase)
     allow_drift: bool = False           # use tables whose probes drifted (scaled)
 
     def __post_init__(self) -> None:
@@ -116,6 +119,7 @@ class SearchConfig:
             ("nat_adapt_steps", self.nat_adapt_steps >= 0, ">= 0"),
             ("verify", self.verify in VERIFY, f"one of {', '.join(VERIFY)}"),
             ("verify_limit", self.verify_limit >= 0, ">= 0"),
+            ("verify_margin", 0 <= self.verify_margin < 1, "a fraction in [0, 1)"),
             ("allow_drift", isinstance(self.allow_drift, bool), "true or false")],
             SearchError, "search setting", self)
         objs = parse_objectives(self.objectives)

@@ -107,8 +107,11 @@ class SearchResult:
         return table
 
 
-def best_per_budget(df: pd.DataFrame, cfg: SearchConfig) -> dict[float, dict[str, Any]]:
-    """The best archive row under each budget (by the first objective, ties by latency)."""
+def best_per_budget(df: pd.DataFrame, cfg: SearchConfig, margin: float = 0.0
+                    ) -> dict[float, dict[str, Any]]:
+    """The best archive row under each budget (by the first objective, ties by latency),
+    ``margin`` (a fraction) under it: the verification's guard against the noise of a
+    second measurement (``SearchConfig.verify_margin``)."""
     objs = cfg.parsed_objectives
     first = objs[0]
     rows = scored_rows(df, "acc" in cfg.objectives)
@@ -116,7 +119,8 @@ def best_per_budget(df: pd.DataFrame, cfg: SearchConfig) -> dict[float, dict[str
     if rows.empty:
         return out
     for b in cfg.budgets_ms or (0.0,):
-        sub = rows if not b else rows[rows[f"latency:{cfg.budget_device}"] <= b]
+        sub = rows if not b else \
+            rows[rows[f"latency:{cfg.budget_device}"] * (1 + margin) <= b]
         if sub.empty:
             continue
         tie = f"latency:{cfg.budget_device}" if cfg.budget_device else first.name
@@ -150,7 +154,7 @@ def finish(cfg: SearchConfig, evaluator: Evaluator, out: Path,
                       [{"arch": json.loads(r["arch"]), **{k: r[k] for k in _value_columns(r)}}
                        for r in front.to_dict("records")], indent=1, default=json_default)
     files.update(pareto_csv=str(out / "pareto.csv"), pareto_json=str(out / "pareto.json"))
-    best = best_per_budget(df, cfg)
+    best = best_per_budget(df, cfg, evaluator.verifier.margin if evaluator.verifier else 0.0)
     for i, (b, row) in enumerate(best.items()):
         arch = json.loads(row["arch"])
         name = f"best-{b:g}ms.json" if b else "best.json"

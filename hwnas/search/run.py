@@ -160,7 +160,8 @@ def search(cfg: SearchConfig | None, out_dir: str | Path | None = None, resume: 
             rows = scored_rows(df, evaluator.has_acc)
             F = archive_objectives(rows, evaluator.objectives) if len(rows) else np.zeros((0, 1))
             hv_trace.append((evaluator.count, hypervolume(F, lower, upper)))
-            best = best_per_budget(df, cfg) if len(rows) else {}
+            best = best_per_budget(df, cfg, verifier.margin if verifier else 0.0) \
+                if len(rows) else {}
             text = " ".join(f"≤{b:g}ms {describe_best(r, cfg)}" if b else describe_best(r, cfg)
                             for b, r in best.items())
             bar.update(task, completed=min(evaluator.count, cfg.evaluations),

@@ -12,7 +12,9 @@ budget's device, :class:`Verifier`:
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
 * measures each best-per-budget arch before it is reported, taking the next best while one
-  breaks its budget (:meth:`Verifier.confirm`).
+  breaks its budget, less a ``margin`` (3% by default: a second measurement of the same
+  arch here differs by 1-4%, so one measured right at the budget would break it one time
+  in two) (:meth:`Verifier.confirm`).
 
 Measurements are kept in the run folder (``measured.parquet``) with the evaluation count at
 which each was taken, so a resumed run replays the same decisions without measuring again.
@@ -41,7 +43,8 @@ class Verifier:
     """Measures a search's candidates on its budget device (see the module docstring)."""
 
     def __init__(self, device, space: SearchSpace, predictor, budgets_ms, folder: Path,
-                 limit: int = 100, lut_dir: str | Path | None = None) -> None:
+                 limit: int = 100, lut_dir: str | Path | None = None,
+                 margin: float = 0.0) -> None:
         from hwnas.backends import get_backend
 
         from hwnas.probe import ScaledPredictor
@@ -52,6 +55,8 @@ class Verifier:
         self.scale = float(predictor.drift.ratio) if isinstance(predictor, ScaledPredictor) \
             else 1.0
         self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
+        self.margin = float(margin)  # a best must be measured this fraction under a budget
+        self.limits = self.budgets / (1 + self.margin)
         self.path = Path(folder) / "measured.parquet"
         self.limit = int(limit)
         self.lut_dir = Path(lut_dir) if lut_dir else None  # the tables a clock is taken from
@@ -106,10 +111,11 @@ class Verifier:
 
     # ----------------------------------------------------------------- measuring
     def straddling(self, X: np.ndarray) -> np.ndarray:
-        """Rows of ``X`` (not yet measured) whose prediction ± 2σ straddles a budget."""
+        """Rows of ``X`` (not yet measured) whose prediction ± 2σ straddles a budget (less
+        its margin)."""
         X = encoding.canonical(self.space, np.asarray(X))
         mean, std = self._corrected(X)
-        near = (np.abs(mean[:, None] - self.budgets[None, :]) <= SIGMAS * std[:, None]).any(1)
+        near = (np.abs(mean[:, None] - self.limits[None, :]) <= SIGMAS * std[:, None]).any(1)
         return np.flatnonzero(near & ~self.is_measured(X))
 
     def check(self, X: np.ndarray) -> int:
@@ -187,7 +193,7 @@ class Verifier:
         for b in self.budgets:
             for _ in range(CONFIRM_TRIES):
                 df = archive.frame()
-                best = best_per_budget(df, _one_budget(cfg, b)).get(float(b))
+                best = best_per_budget(df, _one_budget(cfg, b), self.margin).get(float(b))
                 if best is None:
                     break
                 if best.get(column + ":measured") == True:  # noqa: E712 (numpy/NaN safe)
@@ -209,7 +215,7 @@ class Verifier:
         return {"device": self.device.name, "measurements": len(self.active),
                 "measured_now": self.measured_now, "in_search": self.in_search,
                 "seconds": round(self.seconds, 1), "measured_in": self.where,
-                "correction": list(self.coef),
+                "correction": list(self.coef), "margin": self.margin,
                 "confirmed": {f"{b:g}": v for b, v in self.confirmed.items()}}
 
 
@@ -253,7 +259,7 @@ def make_verifier(cfg, space: SearchSpace, predictors: Mapping[str, Any], folder
             raise SearchError(f"--verify needs {device.name} on this machine: {problem}")
         return None
     return Verifier(device, space, predictors[cfg.budget_device], cfg.budgets_ms, folder,
-                    cfg.verify_limit, cfg.lut_dir)
+                    cfg.verify_limit, cfg.lut_dir, cfg.verify_margin)
 
 
 __all__ = ["Verifier", "make_verifier"]
