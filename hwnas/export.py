@@ -601,13 +601,12 @@ def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | 
     the factor it was scaled by for a drift of the machine (1.0 if none). A drift of its
     tables' calibration probes (``hwnas.probe``) is an error here too."""
     from hwnas.predictor import PredictorError, device_predictor
-    from hwnas.probe import DriftError, ScaledPredictor
+    from hwnas.probe import DriftError, drift_scale
 
     try:
         pred, how = device_predictor(device, space, lut_dir, lut_sum_fallback=True,
                                      allow_drift=allow_drift)
-        scale = pred.drift.ratio if isinstance(pred, ScaledPredictor) else 1.0
-        return float(np.asarray(pred.predict([arch]))[0]), how, scale
+        return float(np.asarray(pred.predict([arch]))[0]), how, drift_scale(pred)
     except DriftError:
         raise
     except (PredictorError, HwnasError) as exc:

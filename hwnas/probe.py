@@ -312,6 +312,12 @@ class ScaledPredictor:
         return np.asarray(p) * self.drift.ratio, np.asarray(s) * self.drift.ratio
 
 
+def drift_scale(predictor) -> float:
+    """The drift ratio ``predictor``'s predictions were scaled by (1.0 if none): what a
+    latency at the table's speed is multiplied by to be in their terms."""
+    return float(predictor.drift.ratio) if isinstance(predictor, ScaledPredictor) else 1.0
+
+
 def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
     """The probes stored with a device's tables (the op table's, else the subnet table's)
     and which file they came from."""
@@ -324,6 +330,7 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 
 
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
-           "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "measure_probes",
+           "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "drift_scale",
+           "measure_probes",
            "measurement_clock", "reference_rows", "retime", "table_probes",
            "time_beside_table"]

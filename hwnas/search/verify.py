@@ -46,17 +46,14 @@ class Verifier:
                  limit: int = 100, lut_dir: str | Path | None = None,
                  margin: float = 0.0) -> None:
         from hwnas.backends import get_backend
-
-        from hwnas.probe import ScaledPredictor
+        from hwnas.probe import drift_scale
 
         self.device, self.space, self.base = device, space, predictor
         # predictions scaled for a drift of this machine (--allow-drift) are in today's
         # terms: a latency at the table's speed is put in them (times the same ratio)
-        self.scale = float(predictor.drift.ratio) if isinstance(predictor, ScaledPredictor) \
-            else 1.0
+        self.scale = drift_scale(predictor)
         self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
         self.margin = float(margin)  # a best must be measured this fraction under a budget
-        self.limits = self.budgets / (1 + self.margin)
         self.path = Path(folder) / "measured.parquet"
         self.limit = int(limit)
         self.lut_dir = Path(lut_dir) if lut_dir else None  # the tables a clock is taken from
@@ -115,7 +112,8 @@ class Verifier:
         its margin)."""
         X = encoding.canonical(self.space, np.asarray(X))
         mean, std = self._corrected(X)
-        near = (np.abs(mean[:, None] - self.limits[None, :]) <= SIGMAS * std[:, None]).any(1)
+        limits = self.budgets / (1 + self.margin)
+        near = (np.abs(mean[:, None] - limits[None, :]) <= SIGMAS * std[:, None]).any(1)
         return np.flatnonzero(near & ~self.is_measured(X))
 
     def check(self, X: np.ndarray) -> int:
