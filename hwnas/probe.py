@@ -126,15 +126,21 @@ class ProbeClock:
 
 REFERENCES = 5      # profiled subnets a measurement is timed beside (ReferenceClock)
 MIN_REFERENCES = 3  # fewer in a table's calmer half: the probes instead
+CLOCK_MS = 100.0    # reference calls timed after each round of a measurement, at least
 
 
 class ReferenceClock:
     """Subnets of the device's own subnet table, the nearest in latency to the model being
-    measured, timed one visit each *between* the rounds of a measurement: how fast this
+    measured, timed *between* the rounds of a measurement: how fast this
     machine ran the same runtime on networks of that size, against the table. The probes
     are single ops; on this VM they ran 1.26x their stored time while a net measured
     1.52x its prediction at a 97% held-out predictor. A net's own kind tracks the host's
     slow phases as the probes do not, and a table's values are the prediction's own terms.
+    After each round the references are visited in turn (nearest first, each at most
+    once a round) until :data:`CLOCK_MS` of their calls were timed: one of the default
+    space's nets (a visit of 150-250 ms) a round, every one of the small space's (10-15 ms
+    each). Visiting all 5 every round cost the default space 1.9-2.8x the time per checked
+    arch and was no steadier (`python -m benchmarks clock`).
     Same interface as :class:`ProbeClock`; call inside the measurement's ``pinned`` block."""
 
     def __init__(self, device, rows, space, backend) -> None:
@@ -144,18 +150,25 @@ class ReferenceClock:
         self.stored = rows["latency_ms"].to_numpy(float)
         self.proto = device.protocol
         self.runners = backend.prepare_many([it.spec(device) for it in items])
+        self.turn = 0
 
     @property
     def label(self) -> str:
         return f"{len(self.runners)} profiled subnets"
 
     def drift(self) -> float:
-        """One visit of each reference: the median over them of now / table."""
+        """The next references in turn, until :data:`CLOCK_MS` of calls (one at least,
+        each once at most): the median over them of now / table."""
         from hwnas.profile import summarize, timed_visit
 
-        now = [summarize(timed_visit(r, self.proto) * 1e3, self.proto.statistic)["latency_ms"]
-               for r in self.runners]
-        return float(np.median(np.asarray(now) / self.stored))
+        ratios, spent = [], 0.0
+        while len(ratios) < len(self.runners) and (not ratios or spent < CLOCK_MS):
+            i, self.turn = self.turn % len(self.runners), self.turn + 1
+            samples = timed_visit(self.runners[i], self.proto) * 1e3
+            spent += float(samples.sum())
+            now = summarize(samples, self.proto.statistic)["latency_ms"]
+            ratios.append(now / self.stored[i])
+        return float(np.median(ratios))
 
     def close(self) -> None:
         for runner in self.runners:

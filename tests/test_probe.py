@@ -207,7 +207,7 @@ def test_a_measurement_is_clocked_by_the_tables_nearest_calm_subnets(tmp_path, s
                                                                       monkeypatch):
     """An export measurement is timed beside the device table's subnets nearest its
     prediction, from the table's calmer half and never the measured arch itself; the clock
-    says how much longer than the table they ran (median over them)."""
+    says how much longer than the table they ran, one of them in turn each round."""
     import hwnas.profile
     from hwnas.space import get_space
 
@@ -236,11 +236,23 @@ def test_a_measurement_is_clocked_by_the_tables_nearest_calm_subnets(tmp_path, s
     try:
         assert clock.label == "3 profiled subnets"
         assert 0.3 < clock.drift() < 3  # real sessions, one machine
-        monkeypatch.setattr(hwnas.profile, "timed_visit",
-                            lambda runner, proto: np.full(30, 0.002))  # every visit 2 ms
         clock.stored = np.array([1.0, 2.0, 4.0])
-        assert clock.drift() == pytest.approx(1.0)  # median of 2, 1, 0.5
-        clock.stored = np.array([1.0, 1.0, 4.0])
-        assert clock.drift() == pytest.approx(2.0)
+        # visits of 30 calls of 5 ms (150 ms, >= CLOCK_MS): one reference a round, in turn
+        monkeypatch.setattr(hwnas.profile, "timed_visit",
+                            lambda runner, proto: np.full(30, 0.005))
+        clock.turn = 0
+        rounds = [clock.drift() for _ in range(4)]
+        assert rounds == pytest.approx([5.0, 2.5, 1.25, 5.0])
+        # visits of 30 calls of 2 ms (60 ms): two a round, the median of their ratios
+        monkeypatch.setattr(hwnas.profile, "timed_visit",
+                            lambda runner, proto: np.full(30, 0.002))
+        clock.turn = 0
+        rounds = [clock.drift() for _ in range(3)]
+        assert rounds == pytest.approx([(2.0 + 1.0) / 2, (0.5 + 2.0) / 2, (1.0 + 0.5) / 2])
+        # visits of 1 ms: every reference each round, none twice
+        monkeypatch.setattr(hwnas.profile, "timed_visit",
+                            lambda runner, proto: np.full(10, 0.0001))
+        clock.turn = 0
+        assert clock.drift() == pytest.approx(0.05) and clock.turn == 3
     finally:
         clock.close()

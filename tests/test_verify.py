@@ -159,3 +159,36 @@ def test_a_drift_scaled_prediction_is_checked_in_its_own_terms(tmp_path, small, 
         row = pd.read_parquet(folder / "measured.parquet").iloc[0]
         assert row["raw_ms"] == 3.0 and row["latency_ms"] == pytest.approx(expected)
         assert row["drift_scale"] == (ratio or 1.0)
+
+
+def test_the_timing_process_only_loads_what_was_converted_ahead(tmp_path, small, monkeypatch):
+    """The verifier converts each arch's network and the table subnets it is timed beside
+    before it starts the process that times them: an export in that process slowed the
+    next measurement there (5% on the small space). Timing after convert_ahead exports
+    nothing."""
+    import hwnas.backends.onnxrt
+    from hwnas.devices import load_device
+    from hwnas.lut import read_table
+    from hwnas.profile import profile
+    from hwnas.search import verify
+
+    profile("cpu-onnxruntime", small, resolutions=[32], out_dir=tmp_path / "lut",
+            progress=False, op_list=[], subnets=8)
+    table = read_table(tmp_path / "lut" / "cpu-onnxruntime.subnets.parquet", "subnets")[0]
+    device = load_device("cpu-onnxruntime")
+    archs = small.sample(2, np.random.default_rng(5))
+    near = [float(table["latency_ms"].median())] * len(archs)
+    cache = tmp_path / "cache"
+    verify.convert_ahead(device, small, archs, cache, tmp_path / "lut", near)
+    assert len(list(cache.glob("*.onnx"))) == len(archs)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported in the timing process")
+
+    monkeypatch.setattr(hwnas.backends.onnxrt, "to_onnx", no_export)
+    stats = verify.time_archs(device, small, archs, cache, tmp_path / "lut", near)
+    assert all(s["clock"].endswith("profiled subnets") for s in stats)  # the table's
+    assert all(s["at_table_speed_ms"] > 0 for s in stats)
+    # without the conversion ahead, the same timing would have had to export
+    with pytest.raises(AssertionError, match="timing process"):
+        verify.time_archs(device, small, archs, tmp_path / "cold", tmp_path / "lut", near)
