@@ -130,6 +130,7 @@ def compare_algorithms(space, device, pred, accuracy, budgets, evaluations, seed
         row["NAT surrogate tau"] = res.nat_log[-1]["cv_kendall_tau"] if res.nat_log else ""
         if res.verify:
             row["measured on device"] = res.verify["measurements"]
+            row["to today"] = res.verify["to_today"]
             row["best over budget (measured)"] = sum(
                 1 for b, r in res.best.items()
                 if not r.get(f"latency:{device}:measured") or r[f"latency:{device}"] > b)
@@ -310,6 +311,12 @@ def run(args) -> Result:
                      f" measurements on {args.device} over {len(verified)} runs (near-budget "
                      f"candidates, at most {args.verify_limit} per run, and every best per "
                      f"budget)")
+        today = [r["to today"] for r in verified]
+        if any(t != 1.0 for t in today):
+            notes.append(f"the drift-scaled predictions' terms: a latency at the table's speed "
+                         f"times {min(today):.2f}-{max(today):.2f} (the table's subnets' "
+                         f"slowdown here, median over the checks so far), not the probes' "
+                         f"ratio the predictions were scaled by")
     if not args.no_measure:
         targets["best per budget (over all runs) within budget, re-measured"] = (
             float(all(x["meets budget (measured)"] for x in per_budget)), 1.0, "ge")

@@ -8,8 +8,10 @@ budget's device, :class:`Verifier`:
   profiling protocol, on the model the device runs, converted beforehand and timed in a
   new process as the tables were, with the table's subnets nearest the prediction timed
   between its rounds: the
-  latency recorded is at the table's speed, times the drift ratio the predictions were
-  scaled by, if any; the raw one is kept), up to ``limit`` of them;
+  latency recorded is at the table's speed; where the predictions were scaled for a drift
+  of this machine, times how much slower the table's subnets ran here, the probes' ratio
+  being a looser estimate of that (:meth:`Verifier.today`); the raw one is kept), up to
+  ``limit`` of them;
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
 * measures each best-per-budget arch before it is reported, taking the next best while one
@@ -37,6 +39,7 @@ from hwnas.search.config import SearchError
 from hwnas.space import SearchSpace
 
 SIGMAS = 2.0
+_CLOCKS: dict[tuple[str, str], list[float]] = {}  # (device, tables) -> clock ratios seen
 CONFIRM_TRIES = 50  # archs measured per budget at most before giving up on confirming one
 
 
@@ -73,6 +76,11 @@ class Verifier:
         self.seconds = 0.0
         self.count = 0                         # the evaluator's count, set by the search
         self.in_search = 0                     # straddling candidates measured
+        # ratio of the table's subnets' time here to their table time, one per measurement,
+        # pooled over this process's verifiers of the same tables (see today)
+        self.clocks = _CLOCKS.setdefault((device.name, str(self.lut_dir)), [])
+        self.clocks += [float(c) for c in (r.get("clock_during") for r in self.stored.values())
+                        if c is not None and np.isfinite(c)]
         self.confirmed: dict[float, dict[str, Any]] = {}
         self.where = ""                        # where the last measurement ran
 
@@ -146,6 +154,8 @@ class Verifier:
                 time_archs, self.device, self.space, todo_archs, self.backend.cache_dir,
                 self.lut_dir, near)
             self.seconds += time.perf_counter() - t
+            self.clocks += [st["drift"] for st in stats if "drift" in st]
+            to_today = self.today()
             for (arch, predicted), st in zip(todo.values(), stats):
                 # beside the table's own subnets: the latency at the table's speed, in the
                 # prediction's terms (a host's slow phase moves both); the raw one is kept
@@ -153,9 +163,9 @@ class Verifier:
                 self.stored[arch.key] = {
                     "key": arch.key, "arch": arch.to_json(),
                     "latency_ms": st["latency_ms"] if at_table is None
-                    else at_table * self.scale,
+                    else at_table * to_today,
                     "raw_ms": st["latency_ms"], "clock_during": st.get("drift", np.nan),
-                    "drift_scale": self.scale, "spread": st["spread"],
+                    "drift_scale": self.scale, "to_today": to_today, "spread": st["spread"],
                     "predicted_ms": predicted, "at_count": self.count}
                 self.measured_now += 1
             self._save()
@@ -167,6 +177,21 @@ class Verifier:
             out[i] = row["latency_ms"]
         self._refit()
         return out
+
+    def today(self) -> float:
+        """What a latency at the table's speed is multiplied by to meet the predictions: 1
+        where they are the table's own; where they were scaled for a drift of this machine
+        (--allow-drift), the median over every measurement of this process (and this run's
+        stored ones) of how much slower the table's subnets ran here than in the table. The
+        drift ratio came from single-op probes, which track networks loosely: on an AMD
+        host the probes ran 1.45x their stored times while the table's subnets ran
+        1.69-1.73x, and the bests measured at table speed x 1.45 were 16% under what they
+        ran in (9.29 ms raw for 7.80). Pooled, not per run: that host's own speed moved
+        the runs' medians from 1.56 to 1.89 over 20 minutes, and a best confirmed in a fast
+        phase was re-measured 14% over its budget in a slow one."""
+        if self.scale == 1.0 or not self.clocks:
+            return self.scale
+        return float(np.median(self.clocks))
 
     def _refit(self) -> None:
         X = np.stack([np.frombuffer(k, dtype=np.int64) for k in self.active])
@@ -218,6 +243,7 @@ class Verifier:
                 "measured_now": self.measured_now, "in_search": self.in_search,
                 "seconds": round(self.seconds, 1), "measured_in": self.where,
                 "correction": list(self.coef), "margin": self.margin,
+                "drift_scale": self.scale, "to_today": self.today(),
                 "confirmed": {f"{b:g}": v for b, v in self.confirmed.items()}}
 
 
