@@ -96,10 +96,9 @@ def run(args) -> Result:
     texts = [a.to_json() for a in archs]
     # every model converted here first, as the verifier does: no variant pays a conversion
     convert_ahead(load_device(args.device), space, archs, Path(cache), Path(args.lut), near)
-    records = []
+    records, names = [], list(VARIANTS)
     for rep in range(args.repeats):
-        names = list(VARIANTS)
-        order = names[rep % 3:] + names[:rep % 3]
+        order = names[rep % len(names):] + names[:rep % len(names)]
         for variant in order:
             res, where = in_fresh_process(measure, variant, args.device, args.space,
                                           args.lut, texts, near, cache)
@@ -122,7 +121,7 @@ def run(args) -> Result:
             "in_10pct_at_table": float((np.abs(np.exp(d["err_at"]) - 1) <= 0.10).mean()),
             "clock_during": float(d["clock_during"].median()),
             "references": d["clock"].iloc[0]})
-    ours, one, every = rows
+    ours, every = rows[0], rows[-1]
     return Result(
         rows=rows,
         summary={"device": args.device, "space": space.name, "predictor": how,

@@ -39,8 +39,8 @@ from hwnas.search.config import SearchError
 from hwnas.space import SearchSpace
 
 SIGMAS = 2.0
-_CLOCKS: dict[tuple[str, str], list[float]] = {}  # (device, tables) -> clock ratios seen
 CONFIRM_TRIES = 50  # archs measured per budget at most before giving up on confirming one
+_CLOCKS: dict[tuple[str, str], list[float]] = {}  # (device, tables) -> clock ratios seen
 
 
 class Verifier:
@@ -54,7 +54,7 @@ class Verifier:
 
         self.device, self.space, self.base = device, space, predictor
         # predictions scaled for a drift of this machine (--allow-drift) are in today's
-        # terms: a latency at the table's speed is put in them (times the same ratio)
+        # terms: a latency at the table's speed is put in them (see today)
         self.scale = drift_scale(predictor)
         self.budgets = np.asarray(sorted(budgets_ms), dtype=float)
         self.margin = float(margin)  # a best must be measured this fraction under a budget
