@@ -699,10 +699,10 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     """A device's latency predictor and where it came from: its saved predictor
     (``hwnas predictor fit``), checked against ``space`` and the device's tables; with
     ``lut_sum_fallback``, its lookup table's sum when no predictor was fitted. Where this
-    machine runs the device, its tables' calibration probes are timed again first
-    (``hwnas.probe``): a drift beyond ±10% is refused, or with ``allow_drift`` the
-    predictions are scaled by it. Raises :class:`PredictorError` saying what to run when
-    there is no predictor."""
+    machine runs the device, its tables' calibration probes and a few of its subnets are
+    timed again first (``hwnas.probe``): a drift beyond ±10% is refused, or with
+    ``allow_drift`` the predictions are scaled by it. Raises :class:`PredictorError`
+    saying what to run when there is no predictor."""
     from hwnas.devices import find_device_file, load_device
     from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_paths
@@ -736,16 +736,16 @@ def device_predictor(device: str, space: SearchSpace | None = None,
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
     how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path))
     if check_drift:
-        from hwnas.probe import ScaledPredictor
+        from hwnas.probe import ScaledPredictor, drift_nets, table_probes
         from hwnas.probe import check_drift as drift_of
-        from hwnas.probe import table_probes
 
         try:
             dev = load_device(device)
         except DeviceError:
             return pred, how  # tables of a device with no file here (imported ones)
         probes, where = table_probes(device, lut_dir)
-        drift = drift_of(dev, probes, where, allow_drift, Path(lut_dir) / ".cache" / device)
+        drift = drift_of(dev, probes, where, allow_drift, Path(lut_dir) / ".cache" / device,
+                         drift_nets(device, lut_dir))
         if drift.scaled:
             pred = ScaledPredictor(pred, drift)
         how += f"; {drift.note}"

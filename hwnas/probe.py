@@ -6,7 +6,10 @@ recorded on another, and every budget the search promised was broken. So every t
 stores the timings of a few fixed ops (the *probes*, the same for every space), and
 whenever a local device's table or predictor is used the probes are timed again. A drift
 beyond ±10% is refused, saying by how much; ``allow_drift`` proceeds with predictions
-scaled by the measured ratio, and says so.
+scaled by the measured ratio, and says so. Where the device has a subnet table, a few of
+its subnets are then timed again too, and their ratio is the scale: single ops track whole
+networks loosely (on one host the probes ran 1.38-1.41x their table's times while the
+table's subnets ran 1.63-1.79x), and a table's subnets are in the predictions' own terms.
 """
 
 from __future__ import annotations
@@ -144,12 +147,9 @@ class ReferenceClock:
     Same interface as :class:`ProbeClock`; call inside the measurement's ``pinned`` block."""
 
     def __init__(self, device, rows, space, backend) -> None:
-        from hwnas.profile import subnet_items
-
-        items = subnet_items([space.arch(json.loads(a)) for a in rows["arch"]], space)
         self.stored = rows["latency_ms"].to_numpy(float)
         self.proto = device.protocol
-        self.runners = backend.prepare_many([it.spec(device) for it in items])
+        self.runners = _prepare_subnets(device, rows, space, backend)
         self.turn = 0
 
     @property
@@ -198,6 +198,68 @@ def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float | Non
         return None
     distance = np.abs(np.log(df["latency_ms"].to_numpy(float) / near_ms))
     return df.iloc[np.argsort(distance, kind="stable")[:n]]
+
+
+def _prepare_subnets(device, rows, space, backend) -> list:
+    """Runners of the subnets of a subnet table's ``rows`` (their ``arch``) on ``device``."""
+    from hwnas.profile import subnet_items
+
+    items = subnet_items([space.arch(json.loads(a)) for a in rows["arch"]], space)
+    return backend.prepare_many([it.spec(device) for it in items])
+
+
+def drift_nets(device: str, lut_dir: str | Path, n: int = REFERENCES):
+    """What the drift check times beside the probes: ``n`` rows of ``device``'s subnet
+    table evenly spread over its latencies (from the calmer half of its rows, as
+    :func:`reference_rows`), and the table's space and path; None without such a table."""
+    from hwnas.lut import read_table, table_paths
+    from hwnas.space import SearchSpace
+
+    path = table_paths(device, lut_dir)[1]
+    if not path.exists():
+        return None
+    df, meta = read_table(path, "subnets")
+    if "space" not in meta:
+        return None
+    df = df[df["latency_ms"] > 0]
+    df = df[df["spread"] <= df["spread"].median()].sort_values("latency_ms", kind="stable")
+    if len(df) < MIN_REFERENCES:
+        return None
+    at = ((np.arange(min(n, len(df))) + 0.5) / min(n, len(df)) * len(df)).astype(int)
+    return df.iloc[at], SearchSpace.from_dict(meta["space"]), str(path)
+
+
+def _net_protocol(device):
+    """12 interleaved rounds of >= 20 ms visits (about 2.5 s for five nets of 3-7 ms): the
+    host's slow windows last seconds, and a median over rounds that span several of them
+    repeats to within a few % (1.63-1.79x, three back-to-back checks on one host)."""
+    return dataclasses.replace(device.protocol, warmup=1, runs=3, rounds=12,
+                               min_time_ms=max(device.protocol.min_time_ms, 20.0))
+
+
+def retime_nets(device, rows, space, cache_dir: str | Path | None = None
+                ) -> tuple[float, float, float]:
+    """Time the subnets of a subnet table's ``rows`` now, pinned as the profiler is, in
+    interleaved rounds: (median, p10, p90) over the nets of now / table, each net's now
+    the median over rounds of its protocol statistic of the round's calls."""
+    from hwnas.backends import get_backend
+    from hwnas.profile import pinned, settle, summarize, timed_visit
+
+    proto = _net_protocol(device)
+    with pinned(device.cpu_affinity, device.threads):
+        runners = _prepare_subnets(device, rows, space, get_backend(device, cache_dir))
+        try:
+            settle(runners[0], proto)
+            rounds: list[list[float]] = [[] for _ in runners]
+            for _ in range(proto.rounds):
+                for runner, values in zip(runners, rounds):
+                    samples = timed_visit(runner, proto) * 1e3
+                    values.append(summarize(samples, proto.statistic)["latency_ms"])
+        finally:
+            for runner in runners:
+                runner.close()
+    r = np.median(rounds, axis=1) / rows["latency_ms"].to_numpy(float)
+    return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 
 
 def measurement_clock(device, arch, space, lut_dir: str | Path, near_ms: float | None):
@@ -277,11 +339,16 @@ _CHECKED: dict[tuple, Drift] = {}
 
 
 def check_drift(device, probes: Mapping[str, Any] | None, where: str,
-                allow_drift: bool = False, cache_dir: str | Path | None = None) -> Drift:
+                allow_drift: bool = False, cache_dir: str | Path | None = None,
+                nets=None) -> Drift:
     """Re-time the probes of the table at ``where`` on ``device`` when this machine can run
-    it. Raises :class:`DriftError` beyond ±10% unless ``allow_drift`` (then the drift is
-    returned with ``scaled`` set, for the caller to scale its predictions). Checked once
-    per process for each table."""
+    it. Beyond ±10% it raises :class:`DriftError` unless ``allow_drift``: then the drift is
+    returned with ``scaled`` set, for the caller to scale its predictions, and where
+    ``nets`` are given (:func:`drift_nets`: rows, space, path) the ratio is theirs, timed
+    now. The probes decide whether the machine drifted: timed as their fastest round they
+    repeat to within 1%, while a table's nets, held against their median, move with the
+    host's slow windows (right after a profile, 0.93-1.58x net by net). Checked once per
+    process for each table."""
     from hwnas.devices import check_usable, load_device
 
     device = load_device(device)
@@ -291,20 +358,29 @@ def check_drift(device, probes: Mapping[str, Any] | None, where: str,
     problem = check_usable(device)
     if problem:
         return Drift(None, f"drift not checked: {device.name} is not usable here ({problem})")
-    key = (device.name, where, json.dumps(probes, sort_keys=True), allow_drift)
+    if device.backend.startswith("adb"):
+        nets = None  # a visit is a whole benchmark_model run: the probes alone
+    key = (device.name, where, json.dumps(probes, sort_keys=True), allow_drift,
+           nets and (nets[2], *nets[0]["key"], *nets[0]["latency_ms"]))
     if key not in _CHECKED:
         ratio, lo, hi = retime(probes, device, cache_dir)[1]
         text = (f"this machine runs the calibration probes {ratio:.2f}x as long as when "
                 f"{where} was measured (probe by probe {lo:.2f}-{hi:.2f}x)")
+        scale = ratio
+        if abs(ratio - 1) > TOLERANCE and nets is not None:
+            rows, space, path = nets
+            scale, lo, hi = retime_nets(device, rows, space, cache_dir)
+            text += (f", and {len(rows)} of the subnets of {path} {scale:.2f}x as long as "
+                     f"that table says (net by net {lo:.2f}-{hi:.2f}x)")
         if abs(ratio - 1) <= TOLERANCE:
             _CHECKED[key] = Drift(ratio, text)
         elif not allow_drift:
             raise DriftError(f"{device.name}: {text}, beyond ±{TOLERANCE:.0%}: its predictions "
                              f"would be off by as much. Profile this machine again ('hwnas "
                              f"profile --device {device.name} ...') or pass --allow-drift to "
-                             f"scale the predictions by {ratio:.2f}")
+                             f"scale the predictions by {scale:.2f}")
         else:
-            _CHECKED[key] = Drift(ratio, text + f"; predictions scaled by {ratio:.2f}",
+            _CHECKED[key] = Drift(scale, text + f"; predictions scaled by {scale:.2f}",
                                   scaled=True)
     return _CHECKED[key]
 
@@ -343,7 +419,6 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 
 
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
-           "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "drift_scale",
-           "measure_probes",
-           "measurement_clock", "reference_rows", "retime", "table_probes",
-           "time_beside_table"]
+           "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "drift_nets", "drift_scale",
+           "measure_probes", "measurement_clock", "reference_rows", "retime",
+           "retime_nets", "table_probes", "time_beside_table"]

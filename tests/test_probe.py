@@ -1,6 +1,7 @@
 """Calibration probes: a table measured at another speed is caught (hwnas.probe)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from hwnas.errors import LutError
 from hwnas.lut import read_table, write_table
 from hwnas.predictor import LutSum, device_predictor
 from hwnas.probe import (PROBES, DriftError, ReferenceClock, ScaledPredictor, check_drift,
-                         compare, measure_probes, reference_rows, table_probes)
+                         compare, drift_nets, measure_probes, reference_rows, table_probes)
 from hwnas.profile import profile
 
 
@@ -256,3 +257,59 @@ def test_a_measurement_is_clocked_by_the_tables_nearest_calm_subnets(tmp_path, s
         assert clock.drift() == pytest.approx(0.05) and clock.turn == 3
     finally:
         clock.close()
+
+
+@pytest.fixture(scope="module")
+def with_nets(tmp_path_factory, measured, small):
+    """``measured`` with a subnet table of 8 real subnets beside its op table."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("nets")
+    profile("cpu-onnxruntime", small, resolutions=[32], out_dir=out, progress=False,
+            op_list=[], subnets=8)
+    folder = tmp_path_factory.mktemp("lut") / "lut"
+    shutil.copytree(measured, folder)
+    shutil.copy(out / "cpu-onnxruntime.subnets.parquet", folder)
+    return folder
+
+
+def test_a_drift_is_scaled_by_the_tables_subnets_where_there_are_some(tmp_path, with_nets,
+                                                                      small):
+    """Ops track whole nets loosely (probes 1.4x while nets ran 1.7x on one host): once the
+    probes say the machine drifted, a few of the device's subnets are timed too, and their
+    ratio scales the predictions. Here the probes were "measured" twice as fast and the
+    subnets three times: the scale is the nets' (about 3), and the message says both."""
+    import shutil
+
+    folder = tmp_path / "lut"
+    shutil.copytree(with_nets, folder)
+    path = folder / "cpu-onnxruntime.subnets.parquet"
+    table, meta = read_table(path, "subnets")
+    rows, space, where = drift_nets("cpu-onnxruntime", folder)
+    calm = table[table["spread"] <= table["spread"].median()].sort_values("latency_ms")
+    assert len(rows) == min(5, len(calm)) and set(rows["key"]) <= set(calm["key"])
+    assert rows["latency_ms"].is_monotonic_increasing and space.id == small.id
+    assert where == str(path)
+    assert drift_nets("cpu-onnxruntime", tmp_path / "none") is None
+
+    meta.pop("schema_version")
+    write_table(table.assign(latency_ms=table["latency_ms"] / 3), path, meta)
+    for attempt in range(3):  # the probes alone decide: as fast as now, no drift
+        try:
+            _rescale(folder, 1.0)
+            pred, how = device_predictor("cpu-onnxruntime", small, folder)
+            break
+        except DriftError:
+            if attempt == 2:
+                raise
+    assert not isinstance(pred, ScaledPredictor) and "subnets of" not in how
+
+    _rescale(folder, 0.5)
+    nets = rf"and {len(rows)} of the subnets of .*subnets\.parquet \d\.\d\dx as long as"
+    with pytest.raises(DriftError, match=r"probes [12]\.\d\dx as long.*" + nets +
+                       r".*--allow-drift to scale the predictions by \d\.\d\d"):
+        device_predictor("cpu-onnxruntime", small, folder)
+    pred, how = device_predictor("cpu-onnxruntime", small, folder, allow_drift=True)
+    assert isinstance(pred, ScaledPredictor) and re.search(nets, how)
+    assert how.endswith(f"predictions scaled by {pred.drift.ratio:.2f}")
+    assert 2.4 < pred.drift.ratio < 5.0  # the nets' 3x, not the probes' 2x

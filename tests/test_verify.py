@@ -164,14 +164,17 @@ def test_a_drift_scaled_prediction_is_checked_in_its_own_terms(tmp_path, small, 
         assert row["to_today"] == pytest.approx(1.5 if ratio else 1.0)
 
     # the ratio is the median over every check of the process on those tables (and the
-    # stored ones of a resumed run): a run in a slow phase of the host is not alone
+    # stored ones of a resumed run, counted once): a run in a slow phase is not alone
     monkeypatch.setattr(verify, "_CLOCKS", {})
     monkeypatch.setattr(verify, "time_archs", lambda *a: [
         {"latency_ms": 3.4, "at_table_speed_ms": 2.0, "drift": 1.7, "spread": 0.01}])
     pred = ScaledPredictor(base, Drift(1.3, "test", True))
     v = verify.Verifier(load_device("cpu-onnxruntime"), small, pred, (1.0,), tmp_path / "1.3",
                         lut_dir=tmp_path / "lut")
-    assert v.clocks == [1.5]  # resumed: the stored check
+    assert list(v.clocks.values()) == [1.5]  # resumed: the stored check
+    again = verify.Verifier(load_device("cpu-onnxruntime"), small, pred, (1.0,),
+                            tmp_path / "1.3", lut_dir=tmp_path / "lut")
+    assert again.clocks is v.clocks and len(v.clocks) == 1  # the same run opened twice: once
     other = encode_batch([small.largest()], small)
     assert v.measure(other)[0] == pytest.approx(2.0 * 1.6)
     assert v.summary()["to_today"] == pytest.approx(1.6)

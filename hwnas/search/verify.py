@@ -40,7 +40,8 @@ from hwnas.space import SearchSpace
 
 SIGMAS = 2.0
 CONFIRM_TRIES = 50  # archs measured per budget at most before giving up on confirming one
-_CLOCKS: dict[tuple[str, str], list[float]] = {}  # (device, tables) -> clock ratios seen
+# (device, tables) -> {(run folder, arch key): clock ratio}: the clocks seen in this process
+_CLOCKS: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
 
 
 class Verifier:
@@ -77,10 +78,13 @@ class Verifier:
         self.count = 0                         # the evaluator's count, set by the search
         self.in_search = 0                     # straddling candidates measured
         # ratio of the table's subnets' time here to their table time, one per measurement,
-        # pooled over this process's verifiers of the same tables (see today)
-        self.clocks = _CLOCKS.setdefault((device.name, str(self.lut_dir)), [])
-        self.clocks += [float(c) for c in (r.get("clock_during") for r in self.stored.values())
-                        if c is not None and np.isfinite(c)]
+        # pooled over this process's verifiers of the same tables (see today); keyed by run
+        # and arch, so a run folder opened twice adds its stored ones once
+        self.clocks = _CLOCKS.setdefault((device.name, str(self.lut_dir)), {})
+        self.clocks.update({(str(folder), k): float(r["clock_during"])
+                            for k, r in self.stored.items()
+                            if r.get("clock_during") is not None
+                            and np.isfinite(r["clock_during"])})
         self.confirmed: dict[float, dict[str, Any]] = {}
         self.where = ""                        # where the last measurement ran
 
@@ -154,7 +158,8 @@ class Verifier:
                 time_archs, self.device, self.space, todo_archs, self.backend.cache_dir,
                 self.lut_dir, near)
             self.seconds += time.perf_counter() - t
-            self.clocks += [st["drift"] for st in stats if "drift" in st]
+            self.clocks.update({(str(self.path.parent), arch.key): st["drift"]
+                                for arch, st in zip(todo_archs, stats) if "drift" in st})
             to_today = self.today()
             for (arch, predicted), st in zip(todo.values(), stats):
                 # beside the table's own subnets: the latency at the table's speed, in the
@@ -183,15 +188,16 @@ class Verifier:
         where they are the table's own; where they were scaled for a drift of this machine
         (--allow-drift), the median over every measurement of this process (and this run's
         stored ones) of how much slower the table's subnets ran here than in the table. The
-        drift ratio came from single-op probes, which track networks loosely: on an AMD
-        host the probes ran 1.45x their stored times while the table's subnets ran
-        1.69-1.73x, and the bests measured at table speed x 1.45 were 16% under what they
-        ran in (9.29 ms raw for 7.80). Pooled, not per run: that host's own speed moved
+        drift ratio is a snapshot of seconds, or where the device has no subnet table the
+        single-op probes', which track networks loosely: on an AMD host the probes ran
+        1.45x their stored times while the table's subnets ran 1.69-1.73x, and the bests
+        measured at table speed x 1.45 were 16% under what they ran in (9.29 ms raw for
+        7.80). Pooled, not per run: that host's own speed moved
         the runs' medians from 1.56 to 1.89 over 20 minutes, and a best confirmed in a fast
         phase was re-measured 14% over its budget in a slow one."""
         if self.scale == 1.0 or not self.clocks:
             return self.scale
-        return float(np.median(self.clocks))
+        return float(np.median(list(self.clocks.values())))
 
     def _refit(self) -> None:
         X = np.stack([np.frombuffer(k, dtype=np.int64) for k in self.active])
