@@ -315,8 +315,8 @@ def run(args) -> Result:
         if any(t != 1.0 for t in today):
             notes.append(f"the drift-scaled predictions' terms: a latency at the table's speed "
                          f"times {min(today):.2f}-{max(today):.2f} (the table's subnets' "
-                         f"slowdown here, median over the checks so far), not the probes' "
-                         f"ratio the predictions were scaled by")
+                         f"slowdown here, median over the checks so far), beside the "
+                         f"drift check's ratio the predictions were scaled by")
     if not args.no_measure:
         targets["best per budget (over all runs) within budget, re-measured"] = (
             float(all(x["meets budget (measured)"] for x in per_budget)), 1.0, "ge")

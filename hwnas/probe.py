@@ -230,9 +230,10 @@ def drift_nets(device: str, lut_dir: str | Path, n: int = REFERENCES):
 
 
 def _net_protocol(device):
-    """12 interleaved rounds of >= 20 ms visits (about 2.5 s for five nets of 3-7 ms): the
-    host's slow windows last seconds, and a median over rounds that span several of them
-    repeats to within a few % (1.63-1.79x, three back-to-back checks on one host)."""
+    """12 interleaved rounds of >= 20 ms visits, about 2.5 s for five nets of 3-7 ms. A
+    snapshot of the host's phase: on an AMD host the nets' 3-second medians moved between
+    1.56x and 1.93x their table times over 90 s (median 1.74x; phases of 3-10 s), checks
+    said 1.63-1.80x and once 2.05x, and 24 rounds were no steadier (1.58-1.80x)."""
     return dataclasses.replace(device.protocol, warmup=1, runs=3, rounds=12,
                                min_time_ms=max(device.protocol.min_time_ms, 20.0))
 
