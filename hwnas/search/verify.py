@@ -9,8 +9,8 @@ budget's device, :class:`Verifier`:
   new process as the tables were, with the table's subnets nearest the prediction timed
   between its rounds: the
   latency recorded is at the table's speed; where the predictions were scaled for a drift
-  of this machine, times how much slower the table's subnets ran here, the probes' ratio
-  being a looser estimate of that (:meth:`Verifier.today`); the raw one is kept), up to
+  of this machine, times how much slower the table's subnets ran here, the drift ratio
+  being a snapshot of that (:meth:`Verifier.today`); the raw one is kept), up to
   ``limit`` of them;
 * answers those archs with the measurement from then on (the archive marks them measured)
   and refits a correction of the predictor, ``exp(a + b log p)``, on every measured point;
