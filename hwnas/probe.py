@@ -82,20 +82,33 @@ def measure_probes(device, cache_dir: str | Path | None = None, backend=None
     seconds, which moves a median of all calls as much, while the fastest round repeats to
     within 1% (measured here: 6 back-to-back probes, median-of-calls ratios 0.75-1.24,
     fastest-round ratios 1.00-1.01). About 2 s on a CPU."""
-    from hwnas.profile import pinned, settle, timed_visit
+    from hwnas.profile import pinned
 
     proto = _probe_protocol(device)
     with pinned(device.cpu_affinity, device.threads):
-        runners = _prepare_probes(device, cache_dir, backend)
+        rounds = _timed_rounds(_prepare_probes(device, cache_dir, backend), proto,
+                               lambda ms: float(np.median(ms)))
+    return {"ms": {op.key: min(v) for op, v in zip(PROBES, rounds)},
+            "statistic": "fastest round's median",
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _timed_rounds(runners, proto, value) -> list[list[float]]:
+    """After settling, ``proto.rounds`` interleaved rounds over ``runners`` (as the
+    profiler times): each runner's ``value`` of each visit's calls (ms), one list per
+    runner. Closes the runners."""
+    from hwnas.profile import settle, timed_visit
+
+    try:
         settle(runners[0], proto)
-        rounds: dict[str, list[float]] = {op.key: [] for op in PROBES}
-        for _ in range(proto.rounds):  # interleaved, as the profiler does
-            for op, runner in zip(PROBES, runners):
-                rounds[op.key].append(float(np.median(timed_visit(runner, proto))) * 1e3)
+        rounds: list[list[float]] = [[] for _ in runners]
+        for _ in range(proto.rounds):
+            for runner, values in zip(runners, rounds):
+                values.append(value(timed_visit(runner, proto) * 1e3))
+        return rounds
+    finally:
         for runner in runners:
             runner.close()
-    return {"ms": {k: min(v) for k, v in rounds.items()}, "statistic": "fastest round's median",
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 class ProbeClock:
@@ -183,21 +196,34 @@ def reference_rows(device: str, lut_dir: str | Path, space, near_ms: float | Non
     most their median: a table of 6 still gives 3);
     None where there is no such table for ``space`` or fewer than :data:`MIN_REFERENCES`
     rows qualify."""
+    if not near_ms or near_ms <= 0:
+        return None
+    calm = _calm_subnets(device, lut_dir, exclude)
+    if calm is None or calm[1].id != space.id:
+        return None
+    df = calm[0]
+    distance = np.abs(np.log(df["latency_ms"].to_numpy(float) / near_ms))
+    return df.iloc[np.argsort(distance, kind="stable")[:n]]
+
+
+def _calm_subnets(device: str, lut_dir: str | Path, exclude: str = ""):
+    """The calmer half (spread at most their median) of the rows of ``device``'s subnet
+    table with a latency, the key ``exclude`` left out first, with the table's space and
+    path; None without such a table or with fewer than :data:`MIN_REFERENCES` rows."""
     from hwnas.lut import read_table, table_paths
     from hwnas.space import SearchSpace
 
     path = table_paths(device, lut_dir)[1]
-    if not path.exists() or not near_ms or near_ms <= 0:
+    if not path.exists():
         return None
     df, meta = read_table(path, "subnets")
-    if "space" not in meta or SearchSpace.from_dict(meta["space"]).id != space.id:
+    if "space" not in meta:
         return None
     df = df[(df["key"] != exclude) & (df["latency_ms"] > 0)]
     df = df[df["spread"] <= df["spread"].median()]
     if len(df) < MIN_REFERENCES:
         return None
-    distance = np.abs(np.log(df["latency_ms"].to_numpy(float) / near_ms))
-    return df.iloc[np.argsort(distance, kind="stable")[:n]]
+    return df, SearchSpace.from_dict(meta["space"]), str(path)
 
 
 def _prepare_subnets(device, rows, space, backend) -> list:
@@ -212,21 +238,12 @@ def drift_nets(device: str, lut_dir: str | Path, n: int = REFERENCES):
     """What the drift check times beside the probes: ``n`` rows of ``device``'s subnet
     table evenly spread over its latencies (from the calmer half of its rows, as
     :func:`reference_rows`), and the table's space and path; None without such a table."""
-    from hwnas.lut import read_table, table_paths
-    from hwnas.space import SearchSpace
-
-    path = table_paths(device, lut_dir)[1]
-    if not path.exists():
+    calm = _calm_subnets(device, lut_dir)
+    if calm is None:
         return None
-    df, meta = read_table(path, "subnets")
-    if "space" not in meta:
-        return None
-    df = df[df["latency_ms"] > 0]
-    df = df[df["spread"] <= df["spread"].median()].sort_values("latency_ms", kind="stable")
-    if len(df) < MIN_REFERENCES:
-        return None
-    at = ((np.arange(min(n, len(df))) + 0.5) / min(n, len(df)) * len(df)).astype(int)
-    return df.iloc[at], SearchSpace.from_dict(meta["space"]), str(path)
+    df, space, path = calm
+    df, k = df.sort_values("latency_ms", kind="stable"), min(n, len(df))
+    return df.iloc[((np.arange(k) + 0.5) / k * len(df)).astype(int)], space, path
 
 
 def _net_protocol(device):
@@ -244,21 +261,13 @@ def retime_nets(device, rows, space, cache_dir: str | Path | None = None
     interleaved rounds: (median, p10, p90) over the nets of now / table, each net's now
     the median over rounds of its protocol statistic of the round's calls."""
     from hwnas.backends import get_backend
-    from hwnas.profile import pinned, settle, summarize, timed_visit
+    from hwnas.profile import pinned, summarize
 
     proto = _net_protocol(device)
     with pinned(device.cpu_affinity, device.threads):
-        runners = _prepare_subnets(device, rows, space, get_backend(device, cache_dir))
-        try:
-            settle(runners[0], proto)
-            rounds: list[list[float]] = [[] for _ in runners]
-            for _ in range(proto.rounds):
-                for runner, values in zip(runners, rounds):
-                    samples = timed_visit(runner, proto) * 1e3
-                    values.append(summarize(samples, proto.statistic)["latency_ms"])
-        finally:
-            for runner in runners:
-                runner.close()
+        rounds = _timed_rounds(
+            _prepare_subnets(device, rows, space, get_backend(device, cache_dir)), proto,
+            lambda ms: summarize(ms, proto.statistic)["latency_ms"])
     r = np.median(rounds, axis=1) / rows["latency_ms"].to_numpy(float)
     return float(np.median(r)), float(np.percentile(r, 10)), float(np.percentile(r, 90))
 

@@ -81,7 +81,7 @@ class Verifier:
         # pooled over this process's verifiers of the same tables (see today); keyed by run
         # and arch, so a run folder opened twice adds its stored ones once
         self.clocks = _CLOCKS.setdefault((device.name, str(self.lut_dir)), {})
-        self.clocks.update({(str(folder), k): float(r["clock_during"])
+        self.clocks.update({(str(self.path.parent), k): float(r["clock_during"])
                             for k, r in self.stored.items()
                             if r.get("clock_during") is not None
                             and np.isfinite(r["clock_during"])})
