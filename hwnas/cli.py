@@ -146,6 +146,33 @@ def profile_cmd(
             for note in r.notes:
                 console.print(f"note: {note}", style="yellow")
 
+@app.command("restate")
+def restate_cmd(
+    device: str = typer.Option(..., help="device name (reads lut/<device>.parquet and "
+                               ".subnets.parquet)"),
+    lut: Path = typer.Option(Path("lut"), help="folder with the tables"),
+    statistic: Optional[str] = typer.Option(None, help="the statistic the tables should "
+                                            "hold (default: what the device's protocol "
+                                            "measures now; only median -> p10 is possible)"),
+) -> None:
+    """Rewrite a device's tables of medians as the p10 of the same timed calls, which every
+    row also records, for a device file that now measures the p10. Its predictor must
+    then be fitted again ('hwnas predictor fit')."""
+    from hwnas.devices import load_device
+    from hwnas.errors import LutError
+    from hwnas.lut import restate, table_paths
+
+    want = statistic or load_device(device).protocol.statistic
+    paths = [(p, k) for p, k in zip(table_paths(device, lut), ("ops", "subnets")) if p.exists()]
+    if not paths:
+        raise LutError(f"no tables of {device} in {lut} (looked for {device}.parquet and "
+                       f"{device}.subnets.parquet)")
+    for path, kind in paths:
+        done = restate(path, kind, want)
+        console.print(f"{path}: {'now holds' if done else 'already held'} the {want} of its "
+                      f"timed calls")
+
+
 predictor_app = typer.Typer(no_args_is_help=True,
                             help="Fit, evaluate and transfer latency predictors.")
 app.add_typer(predictor_app, name="predictor")

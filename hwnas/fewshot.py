@@ -353,7 +353,7 @@ def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = 
     and the saved predictors of the ``priors`` devices; report it on the held-out rest
     beside the trivial baselines and its ceiling; save it and a scatter plot."""
     from hwnas.predictor import (Report, default_predictor_path, load_predictor, metrics,
-                                 plot_predicted_vs_measured, split_subnets)
+                                 plot_predicted_vs_measured, split_subnets, subnet_statistic)
 
     table, sp, subs, archs, y = device_subnets(device, lut_dir, space)
     keys = list(subs["key"])
@@ -377,6 +377,7 @@ def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = 
     rows.update({name: metrics(p, y[te]) for name, p in baselines(pred, A, y[tr], B).items()})
     rows[f"ceiling: the same average, 5-fold CV on all {len(y)}"] = ceiling(pred, archs, y, seed)
     pred.extra = {"device": device, "seed": seed, "k": k, "choice": pred.describe(),
+                  "statistic": subnet_statistic(device, lut_dir),
                   "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                   "heldout_metrics": rows[name]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)

@@ -59,6 +59,32 @@ def table_statistic(meta: Mapping[str, Any]) -> str:
     return (meta.get("protocol") or {}).get("statistic", "median")
 
 
+def restate(path: str | Path, kind: str, statistic: str) -> bool:
+    """Rewrite a table of medians as the ``p10`` of the same timed calls (every row keeps
+    its p10, p90 and spread), for a device whose protocol now measures the p10: the one
+    change of statistic a table's columns allow. Returns False when it already holds
+    ``statistic``."""
+    path = Path(path)
+    df, meta = read_table(path, kind)
+    have = table_statistic(meta)
+    if have == statistic:
+        return False
+    if (have, statistic) != ("median", "p10"):
+        raise LutError(f"{path} holds the {have} of its timed calls, asked for the "
+                       f"{statistic}: only a table of medians can be restated, and only as the "
+                       f"p10 its rows also record (allowed: p10)")
+    df = df.copy()
+    df["latency_ms"] = df["p10_ms"]
+    if "statistic" in df.columns:
+        df["statistic"] = df["statistic"].astype(str).str.replace(r"^median", "p10", regex=True)
+    meta["protocol"] = {**(meta.get("protocol") or {}), "statistic": statistic}
+    meta["restated"] = {"from": have, "to": statistic, "at": pd.Timestamp.now(tz="UTC"),
+                        "how": "latency_ms set to the p10_ms of the same timed calls"}
+    meta.pop("schema_version", None)
+    write_table(df, path, meta)
+    return True
+
+
 def read_table(path: str | Path, kind: str = "ops",
                fingerprint: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, dict]:
     """Read and check a table. ``kind``: ``ops`` or ``subnets``. With ``fingerprint``, a

@@ -688,6 +688,14 @@ def _device_data(device: str, lut_dir: str | Path, space: SearchSpace | str | No
     return table, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
 
 
+def subnet_statistic(device: str, lut_dir: str | Path) -> str:
+    """Which statistic of timed calls a device's measured subnets hold: what a predictor
+    fitted on them learns, saved with it (``extra["statistic"]``)."""
+    from hwnas.lut import read_table, table_paths, table_statistic
+
+    return table_statistic(read_table(table_paths(device, lut_dir)[1], "subnets")[1])
+
+
 def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
     return Path(lut_dir) / f"{device}.predictor.json"
 
@@ -734,7 +742,12 @@ def device_predictor(device: str, space: SearchSpace | None = None,
         raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
-    how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path))
+    # what a fitted model learned (files from before it was recorded: medians); a table's
+    # sum learned nothing, and its table is checked
+    fitted_on = pred.extra.get("statistic", "median") if file.exists() and pred.needs_fit \
+        else None
+    how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path,
+                                                          (file, fitted_on)))
     if check_drift:
         from hwnas.probe import ScaledPredictor, drift_nets, table_probes
         from hwnas.probe import check_drift as drift_of
@@ -752,11 +765,13 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     return pred, how
 
 
-def _check_tables(device: str, *paths: Path) -> list[str]:
-    """A device's tables must hold the statistic its protocol measures now (what search
-    verification and export measurement compare the predictions with). Returns what a
-    description of predictions from them must say: which tables were resumed across a
-    drift of the machine (``profile --allow-drift``), their rows mixing speeds."""
+def _check_tables(device: str, op_path: Path, sub_path: Path,
+                  predictor: tuple[Path, str | None] = (Path(), None)) -> list[str]:
+    """A device's tables, and the predictor fitted on them (its file and the statistic of
+    the latencies it learned), must hold the statistic its protocol measures now (what
+    search verification and export measurement compare the predictions with). Returns
+    what a description of predictions from them must say: which tables were resumed across
+    a drift of the machine (``profile --allow-drift``), their rows mixing speeds."""
     from hwnas.devices import load_device
     from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_statistic
@@ -766,21 +781,30 @@ def _check_tables(device: str, *paths: Path) -> list[str]:
     except DeviceError:
         want = None  # tables of a device with no file here (imported ones)
     notes = []
-    for path, kind in zip(paths, ("ops", "subnets")):
+    for path, kind in ((op_path, "ops"), (sub_path, "subnets")):
         if not path.exists():
             continue
         meta = read_table(path, kind)[1]
         have = table_statistic(meta)
         if want is not None and have != want:
+            restate = (f", or restate it as the p10 of the same timed calls ('hwnas restate "
+                       f"--device {device} --lut {path.parent}')"
+                       if (have, want) == ("median", "p10") else "")
             raise PredictorError(f"latency:{device}: {path} holds the {have} of its timed "
                                  f"calls, but the device's protocol now measures the {want}; "
                                  f"profile it again ('hwnas profile --device {device}') "
-                                 f"into another --out folder")
+                                 f"into another --out folder{restate}")
         drifts = meta.get("resumed_across_drift") or []
         if drifts:
             ratios = ", ".join(f"{d['ratio']:.2f}x" for d in drifts)
             notes.append(f"{path} was resumed across a drift of the machine ({ratios}): "
                          f"its rows mix speeds")
+    file, fitted_on = predictor
+    if want is not None and fitted_on is not None and fitted_on != want:
+        raise PredictorError(f"latency:{device}: {file} was fitted on the {fitted_on} of "
+                             f"timed calls, but the device's protocol now measures the "
+                             f"{want}: fit it again on tables of the {want} ('hwnas predictor "
+                             f"fit --device {device}')")
     return notes
 
 
@@ -812,7 +836,8 @@ def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int 
         rows[k] = p.metrics(B, y[te])
         if k == kind:
             chosen = p
-    chosen.extra = {"device": device, "seed": seed, "train_keys": [keys[i] for i in tr],
+    chosen.extra = {"device": device, "seed": seed, "statistic": subnet_statistic(device, lut_dir),
+                    "train_keys": [keys[i] for i in tr],
                     "heldout_keys": [keys[i] for i in te], "heldout_metrics": rows[kind]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)
     chosen.save(out)
@@ -862,6 +887,7 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
     transfer = TransferPredictor(base, table).fit(A, y[tr])
     rows[f"transfer from {source} (k={k})"] = transfer.metrics(B, y[te])
     transfer.extra = {"device": device, "source": source, "seed": seed,
+                      "statistic": subnet_statistic(device, lut_dir),
                       "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                       "heldout_metrics": rows[f"transfer from {source} (k={k})"]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)

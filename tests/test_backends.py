@@ -60,6 +60,36 @@ def test_onnx_files_are_cached_by_key(small, tmp_path):
     assert files[0].stat().st_mtime_ns == mtime
 
 
+def test_many_onnx_exports_run_in_worker_processes(small, tmp_path, monkeypatch):
+    """Enough missing exports go to spawned workers (two here, whatever the cores); each
+    file is the model prepare() builds, with the same seed-0 weights, and a second call
+    exports nothing."""
+    from hwnas import workers
+    from hwnas.backends import onnxrt
+
+    monkeypatch.setattr(workers, "WORKERS", 2)
+    monkeypatch.setattr(onnxrt, "MIN_EXPORTS_IN_WORKERS", 4)
+    monkeypatch.setattr(onnxrt, "EXPORTS_PER_TASK", 2)
+    here = []
+    monkeypatch.setattr(onnxrt, "export_file", lambda *a, **k: here.append(a))  # not here
+    chosen = unique_ops(small, [32])[:5]
+    backend = get_backend(load_device("cpu-onnxruntime"), tmp_path)
+    done = []
+    runners = backend.prepare_many([(o.build, o.input_shape, o.key) for o in chosen],
+                                   done.append)
+    assert not here and sum(done) == 5 and len(list(tmp_path.glob("*.onnx"))) == 5
+    for op, runner in zip(chosen, runners):
+        torch.manual_seed(0)
+        module = op.build().eval()
+        x = sample_input(op.input_shape, seed=2).numpy()
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        assert np.abs(runner.infer(x) - ref).max() <= 1e-4
+    mtimes = sorted(f.stat().st_mtime_ns for f in tmp_path.glob("*.onnx"))
+    backend.prepare_many([(o.build, o.input_shape, o.key) for o in chosen])
+    assert not here and sorted(f.stat().st_mtime_ns for f in tmp_path.glob("*.onnx")) == mtimes
+
+
 def test_tflite_models_take_nhwc_without_a_transpose(small, tmp_path):
     backend = get_backend(load_device("cpu-tflite"), tmp_path)
     op = _op(small)
@@ -77,12 +107,13 @@ def test_tflite_converts_many_ops_at_once_and_caches_them(small, tmp_path, monke
     """One litert-torch conversion holds many ops (branches of one graph, split into a file
     each); each file has the ops a conversion of that op alone gives, and matches PyTorch;
     a later run converts nothing again."""
+    from hwnas import workers
     from hwnas.backends import tflite
     from hwnas.convert import to_tflite
 
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tflite, "MODELS_PER_CONVERSION", 3)
-    monkeypatch.setattr(tflite, "CONVERSION_WORKERS", 1)  # counted here, not in workers
+    monkeypatch.setattr(workers, "WORKERS", 1)  # counted here, not in workers
     conversions = []
     real = tflite.ConvertedCache.convert
     monkeypatch.setattr(tflite.ConvertedCache, "convert",

@@ -119,6 +119,8 @@ def kinds(root: Path, tmp: Path) -> dict[str, tuple[Path, list, bool]]:
                                            lut, "--train", "20"], False),
         "subnet table": (lut / "dev.subnets.parquet", ["predictor", "fit", "--device", "dev",
                                                        "--lut", lut, "--train", "20"], False),
+        "op table (restate)": (lut / "dev.parquet", ["restate", "--device", "dev", "--lut",
+                                                     lut, "--statistic", "p10"], False),
         "predictor (eval)": (lut / "dev.predictor.json", ["predictor", "eval", "--device",
                                                           "dev", "--lut", lut], True),
         "predictor (search)": (lut / "dev.predictor.json", [
@@ -246,3 +248,18 @@ def test_an_unknown_subnet_sampling_is_refused_before_anything_is_timed(tmp_path
                        "--subnets", 4, "--sampling", "even", "--out", tmp_path], capsys)
     assert ok and "'even'" in err and "'mixed', 'uniform', 'spread'" in err, err
     assert not list(tmp_path.iterdir())  # no table was started
+
+
+def test_restating_what_cannot_be_restated_is_refused(files, tmp_path, capsys):
+    """No tables, an unknown device, a statistic the rows do not record: each refused by
+    name, the tables untouched."""
+    lut = files / "lut"
+    before = {p.name: p.read_bytes() for p in lut.glob("dev*.parquet")}
+    ok, err = refused(["restate", "--device", "cpu-tflite", "--lut", tmp_path], capsys)
+    assert ok and "no tables of cpu-tflite" in err, err
+    ok, err = refused(["restate", "--device", "nope", "--lut", lut], capsys)
+    assert ok and "no device named 'nope'" in err, err
+    ok, err = refused(["restate", "--device", "dev", "--lut", lut, "--statistic", "mean"],
+                      capsys)
+    assert ok and "asked for the mean" in err and "allowed: p10" in err, err
+    assert {p.name: p.read_bytes() for p in lut.glob("dev*.parquet")} == before

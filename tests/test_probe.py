@@ -143,23 +143,53 @@ def test_probe_comparison_needs_common_probes():
     assert json.dumps(compare({"ms": {"a": 1.0}}, {"ms": {"a": 2.0}}))
 
 
-def test_a_table_of_another_statistic_is_refused(tmp_path, measured, small):
-    """The device file now measures the p10, the table holds medians: predictions would be
-    compared with measurements of another statistic."""
+def test_a_table_of_medians_is_refused_until_restated_as_its_p10(tmp_path, measured, small):
+    """The device file measures the p10 and the table holds medians: predictions would be
+    compared with measurements of another statistic. The refusal says how to restate it;
+    restated, each row holds the p10 it recorded, and a model fitted on medians is refused
+    in turn."""
     import shutil
 
+    from hwnas.lut import restate
+    from hwnas.predictor import PredictorError, XGBoostPredictor, load_predictor
+
+    assert load_device("cpu-onnxruntime").protocol.statistic == "p10"
     folder = tmp_path / "lut"
     shutil.copytree(measured, folder)
     path = folder / "cpu-onnxruntime.parquet"
     df, meta = read_table(path)
-    meta["protocol"] = {**meta["protocol"], "statistic": "p10"}
+    p10 = df["p10_ms"].to_numpy()
+    df["latency_ms"] = p10 * 1.25  # the medians: above the p10
+    meta["protocol"] = {**meta["protocol"], "statistic": "median"}
     meta.pop("schema_version")
     write_table(df, path, meta)
-    from hwnas.predictor import PredictorError
-
-    with pytest.raises(PredictorError, match="holds the p10 of its timed calls, but the device's "
-                                        "protocol now measures the median"):
+    with pytest.raises(PredictorError, match="holds the median of its timed calls, but the "
+                       "device's protocol now measures the p10.*hwnas restate --device "
+                       "cpu-onnxruntime"):
         device_predictor("cpu-onnxruntime", small, folder, check_drift=False)
+
+    assert restate(path, "ops", "p10") and not restate(path, "ops", "p10")
+    df, meta = read_table(path)
+    assert np.array_equal(df["latency_ms"].to_numpy(), p10)
+    assert meta["protocol"]["statistic"] == "p10" and meta["restated"]["from"] == "median"
+    with pytest.raises(LutError, match="only as the p10.*allowed: p10"):
+        restate(path, "ops", "median")
+    pred, _ = device_predictor("cpu-onnxruntime", small, folder, check_drift=False)
+    assert pred.kind == "lut-sum"  # no model learned a statistic: the table's is checked
+
+    fitted = folder / "cpu-onnxruntime.predictor.json"
+    table = pred.table
+    archs = small.sample(8, seed=0)
+    model = XGBoostPredictor(table, seed=0).fit(archs, LutSum(table).predict(archs))
+    model.save(fitted)  # fitted through the API: nothing says on what, read as medians
+    with pytest.raises(PredictorError, match="was fitted on the median of timed calls, but "
+                       "the device's protocol now measures the p10: fit it again"):
+        device_predictor("cpu-onnxruntime", small, folder, check_drift=False)
+    model.extra["statistic"] = "p10"
+    model.save(fitted)
+    assert device_predictor("cpu-onnxruntime", small, folder, check_drift=False)[0].kind \
+        == "xgboost"
+    assert load_predictor(fitted).extra["statistic"] == "p10"
 
 
 def test_a_slow_window_is_timed_again_before_it_counts_as_drift(monkeypatch):

@@ -16,6 +16,26 @@ from torch import nn
 from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_missing, sample_input, wallclock
 from hwnas.convert import to_onnx
 from hwnas.errors import BackendError
+from hwnas.workers import in_workers
+
+MIN_EXPORTS_IN_WORKERS = 16  # fewer: starting the workers (importing torch) costs more
+EXPORTS_PER_TASK = 8
+
+
+def export_group(group) -> None:
+    """Export each (build, input shape, path, precision) on the CPU, the model built under
+    seed 0 as :meth:`Backend.prepare_many` builds it (in a worker process, see
+    :func:`hwnas.workers.in_workers`)."""
+    for build, shape, path, precision in group:
+        torch.manual_seed(0)
+        export_file(build(), shape, path, precision)
+
+
+def export_file(module: nn.Module, input_shape: tuple[int, ...], path, precision: str,
+                hardware: str = "cpu") -> None:
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dev = "cuda" if hardware == "cuda" else "cpu"
+    to_onnx(module.eval().to(dev, dtype), sample_input(input_shape).to(dev, dtype), path)
 
 
 def session_options(threads: int):
@@ -69,13 +89,27 @@ class OnnxRuntimeBackend(Backend):
     def onnx_file(self, module: nn.Module, input_shape: tuple[int, ...], key: str):
         path = self.cache_path(key, ".onnx")
         if not path.exists():
-            dtype = torch.float16 if self.device.precision == "fp16" else torch.float32
-            dev = "cuda" if self.device.hardware == "cuda" else "cpu"
-            to_onnx(module.eval().to(dev, dtype), sample_input(input_shape).to(dev, dtype), path)
+            export_file(module, input_shape, path, self.device.precision, self.device.hardware)
         return path
 
     def prepare(self, module: nn.Module, input_shape: tuple[int, ...], key: str) -> Runner:
         return self.load(self.onnx_file(module, input_shape, key), input_shape, key)
+
+    def prepare_many(self, items, advance=lambda n: None) -> list[Runner]:
+        """Export the missing files in worker processes, one per core (CPU devices: an
+        export is ~0.4 s of single-threaded tracing per subnet, and a quickstart exports
+        hundreds), then load each as :meth:`load` does."""
+        paths = [self.cache_path(key, ".onnx") for _, _, key in items]
+        missing = [(build, shape, str(path), self.device.precision)
+                   for (build, shape, _), path in zip(items, paths) if not path.exists()]
+        if self.device.hardware == "cpu" and len(missing) >= MIN_EXPORTS_IN_WORKERS:
+            groups = [missing[i:i + EXPORTS_PER_TASK]
+                      for i in range(0, len(missing), EXPORTS_PER_TASK)]
+            for group in in_workers(export_group, groups):
+                advance(len(group))
+            advance(len(items) - len(missing))
+            return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
+        return super().prepare_many(items, advance)
 
     def discard(self, keys) -> int:
         return self._unlink(self.cache_path(key, ".onnx") for key in keys)

@@ -19,6 +19,7 @@ from torch import nn
 from hwnas.backends.base import BACKENDS, Backend, Runner, sample_input, wallclock
 from hwnas.convert import nhwc, to_tflite
 from hwnas.errors import BackendError
+from hwnas.workers import in_workers
 
 PROBE_MODEL = Path(__file__).resolve().parents[1] / "data" / "probe.tflite"
 
@@ -148,65 +149,10 @@ class TFLiteBackend(Backend):
 
 
 MODELS_PER_CONVERSION = 40  # measured: the fixed cost shared, memory still small
-CONVERSION_WORKERS = 0      # processes converting at once; 0: one per core this machine has
-
-
-def convert_groups(cache: "ConvertedCache", groups: list[list]):
-    """Convert each group of (build, shape, key) with one conversion, yielding each group
-    when its files exist. Conversion is single-threaded Python (torch.export), so several
-    groups go to worker processes, one per core, when the builders can be sent to them
-    (a profile's ops can). Workers are spawned (JAX and TensorFlow are not fork-safe) and
-    unpinned: the profiler pins itself to one core for timing, and no timing runs while
-    models are converted."""
-    import os
-
-    workers = CONVERSION_WORKERS or os.cpu_count() or 1
-    workers = min(workers, len(groups))
-    if workers > 1 and _sendable(groups):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from concurrent.futures.process import BrokenProcessPool
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_unpin)
-        done = []
-        try:
-            futures = {pool.submit(_convert_group, group): group for group in groups}
-            for future in as_completed(futures):
-                future.result()
-                done.append(futures[future])
-                yield futures[future]
-            return
-        except BrokenProcessPool:  # e.g. a calling script without a __main__ guard
-            groups = [g for g in groups if not any(g is d for d in done)]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    for group in groups:
-        cache.convert(group)
-        yield group
-
-
-def _sendable(groups) -> bool:
-    import pickle
-
-    try:
-        pickle.dumps([build for group in groups for build, _, _ in group])
-        return True
-    except Exception:  # lambdas, local modules: convert here
-        return False
-
-
-def _unpin() -> None:
-    import os
-
-    try:
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except (AttributeError, OSError):
-        pass
 
 
 def _convert_group(group) -> None:
+    """One conversion (in a worker process where there are several cores)."""
     ConvertedCache().convert(group)
 
 
@@ -244,7 +190,7 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
     direct = {key for _, _, key in items}
     groups = [missing[i:i + MODELS_PER_CONVERSION]
               for i in range(0, len(missing), MODELS_PER_CONVERSION)]
-    for group in convert_groups(cache, groups):
+    for group in in_workers(_convert_group, groups):
         advance(sum(key in direct for _, _, key in group))
     for key, part_keys in networks.items():
         model = stitch([cache.path(k).read_bytes() for k in part_keys])
