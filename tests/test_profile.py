@@ -106,7 +106,8 @@ def test_time_runner_with_probes_between_rounds_reports_the_table_speed():
     from hwnas.profile import time_runner
 
     proto = dataclasses.replace(load_device("cpu-onnxruntime").protocol, warmup=0, runs=4,
-                                rounds=5, min_time_ms=0.0, settle_ms=0.0, max_retries=0)
+                                rounds=5, min_time_ms=0.0, settle_ms=0.0, max_retries=0,
+                                statistic="median")
     phases = iter([1.5, 1.5, 1.5, 1.0, 1.0])
     now = {"phase": 1.0}
 
@@ -365,7 +366,8 @@ def test_resume_refuses_another_fingerprint(tmp_path, small):
 
 def test_resume_refuses_another_statistic(tmp_path, small):
     items = op_items(unique_ops(small, [32])[:3])
-    _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, max_retries=0).run(items)
+    _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, max_retries=0,
+              statistic="median").run(items)
     with pytest.raises(LutError, match="hold the median of their timed calls.*now the p10"):
         _profiler(tmp_path, small, FakeBackend(), rounds=1, runs=2, statistic="p10").run(
             op_items(unique_ops(small, [32])))

@@ -170,6 +170,7 @@ class Verifier:
                     "latency_ms": st["latency_ms"] if at_table is None
                     else at_table * to_today,
                     "raw_ms": st["latency_ms"], "clock_during": st.get("drift", np.nan),
+                    "at_table_ms": np.nan if at_table is None else at_table,
                     "drift_scale": self.scale, "to_today": to_today, "spread": st["spread"],
                     "predicted_ms": predicted, "at_count": self.count}
                 self.measured_now += 1
