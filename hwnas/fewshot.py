@@ -322,17 +322,19 @@ def baselines(predictor: FewShotPredictor, train, y_train, test) -> dict[str, np
 
 def device_subnets(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
     """A device's measured subnets and, when it has one, its LUT: (table or None, space,
-    subnet rows, archs, latencies ms). Few-shot fitting needs no LUT."""
+    subnet rows, archs, latencies ms). The rows' ``attrs["statistic"]`` says which
+    statistic of timed calls they hold. Few-shot fitting needs no LUT."""
     import json
 
     from hwnas.errors import LutError
-    from hwnas.lut import read_table, table_paths
+    from hwnas.lut import read_table, table_paths, table_statistic
     from hwnas.space import get_space
 
     op_path, sub_path = table_paths(device, lut_dir)
     table = LatencyTable.load(op_path, get_space(space) if space else None) \
         if op_path.exists() else None
     subs, meta = read_table(sub_path, "subnets", table.fingerprint if table else None)
+    subs.attrs["statistic"] = table_statistic(meta)
     if table is not None:
         sp = table.space
     elif space is not None:
@@ -353,7 +355,7 @@ def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = 
     and the saved predictors of the ``priors`` devices; report it on the held-out rest
     beside the trivial baselines and its ceiling; save it and a scatter plot."""
     from hwnas.predictor import (Report, default_predictor_path, load_predictor, metrics,
-                                 plot_predicted_vs_measured, split_subnets, subnet_statistic)
+                                 plot_predicted_vs_measured, split_subnets)
 
     table, sp, subs, archs, y = device_subnets(device, lut_dir, space)
     keys = list(subs["key"])
@@ -377,7 +379,7 @@ def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = 
     rows.update({name: metrics(p, y[te]) for name, p in baselines(pred, A, y[tr], B).items()})
     rows[f"ceiling: the same average, 5-fold CV on all {len(y)}"] = ceiling(pred, archs, y, seed)
     pred.extra = {"device": device, "seed": seed, "k": k, "choice": pred.describe(),
-                  "statistic": subnet_statistic(device, lut_dir),
+                  "statistic": subs.attrs["statistic"],
                   "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                   "heldout_metrics": rows[name]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)

@@ -152,6 +152,7 @@ class LatencyTable:
     fingerprint: dict[str, Any]
     path: Path | None = None
     probes: dict[str, Any] | None = None   # calibration probe timings (hwnas.probe)
+    statistic: str = "median"               # of its timed calls each row holds
 
     @property
     def batch(self) -> int:
@@ -171,7 +172,7 @@ class LatencyTable:
             raise LutError(f"{path} was measured for search space {table_space.name!r} "
                            f"(id {table_space.id}), not {space.name!r} (id {space.id})")
         return cls(df, space, dict(meta.get("fingerprint") or {}), Path(path),
-                   meta.get("probes"))
+                   meta.get("probes"), table_statistic(meta))
 
     def __post_init__(self) -> None:
         # An optional column ``r`` ties a row to the network input size it was timed in

@@ -215,8 +215,12 @@ class Predictor:
         pass
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON sidecar (and any model files next to it)."""
+        """Write the JSON sidecar (and any model files next to it). A model fitted with a
+        table records the statistic of timed calls its tables hold (``extra["statistic"]``,
+        unless set), which a device that measures another refuses."""
         self._check_fitted()
+        if self.needs_fit and self.table is not None:
+            self.extra = {"statistic": self.table.statistic, **self.extra}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         lut = None
@@ -688,14 +692,6 @@ def _device_data(device: str, lut_dir: str | Path, space: SearchSpace | str | No
     return table, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
 
 
-def subnet_statistic(device: str, lut_dir: str | Path) -> str:
-    """Which statistic of timed calls a device's measured subnets hold: what a predictor
-    fitted on them learns, saved with it (``extra["statistic"]``)."""
-    from hwnas.lut import read_table, table_paths, table_statistic
-
-    return table_statistic(read_table(table_paths(device, lut_dir)[1], "subnets")[1])
-
-
 def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
     return Path(lut_dir) / f"{device}.predictor.json"
 
@@ -742,12 +738,16 @@ def device_predictor(device: str, space: SearchSpace | None = None,
         raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
+    want = _protocol_statistic(device)
+    how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path, want))
     # what a fitted model learned (files from before it was recorded: medians); a table's
-    # sum learned nothing, and its table is checked
-    fitted_on = pred.extra.get("statistic", "median") if file.exists() and pred.needs_fit \
-        else None
-    how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path,
-                                                          (file, fitted_on)))
+    # sum learned nothing, and its table is checked above
+    learned = pred.extra.get("statistic", "median")
+    if want is not None and file.exists() and pred.needs_fit and learned != want:
+        raise PredictorError(f"latency:{device}: {file} was fitted on the {learned} of "
+                             f"timed calls, but the device's protocol now measures the "
+                             f"{want}: fit it again on tables of the {want} ('hwnas predictor "
+                             f"fit --device {device}')")
     if check_drift:
         from hwnas.probe import ScaledPredictor, drift_nets, table_probes
         from hwnas.probe import check_drift as drift_of
@@ -765,21 +765,25 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     return pred, how
 
 
-def _check_tables(device: str, op_path: Path, sub_path: Path,
-                  predictor: tuple[Path, str | None] = (Path(), None)) -> list[str]:
-    """A device's tables, and the predictor fitted on them (its file and the statistic of
-    the latencies it learned), must hold the statistic its protocol measures now (what
+def _protocol_statistic(device: str) -> str | None:
+    """The statistic of timed calls the device's protocol measures now; None for tables of
+    a device with no file here (imported ones)."""
+    from hwnas.devices import load_device
+    from hwnas.errors import DeviceError
+
+    try:
+        return load_device(device).protocol.statistic
+    except DeviceError:
+        return None
+
+
+def _check_tables(device: str, op_path: Path, sub_path: Path, want: str | None) -> list[str]:
+    """A device's tables must hold ``want``, the statistic its protocol measures now (what
     search verification and export measurement compare the predictions with). Returns
     what a description of predictions from them must say: which tables were resumed across
     a drift of the machine (``profile --allow-drift``), their rows mixing speeds."""
-    from hwnas.devices import load_device
-    from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_statistic
 
-    try:
-        want = load_device(device).protocol.statistic
-    except DeviceError:
-        want = None  # tables of a device with no file here (imported ones)
     notes = []
     for path, kind in ((op_path, "ops"), (sub_path, "subnets")):
         if not path.exists():
@@ -799,12 +803,6 @@ def _check_tables(device: str, op_path: Path, sub_path: Path,
             ratios = ", ".join(f"{d['ratio']:.2f}x" for d in drifts)
             notes.append(f"{path} was resumed across a drift of the machine ({ratios}): "
                          f"its rows mix speeds")
-    file, fitted_on = predictor
-    if want is not None and fitted_on is not None and fitted_on != want:
-        raise PredictorError(f"latency:{device}: {file} was fitted on the {fitted_on} of "
-                             f"timed calls, but the device's protocol now measures the "
-                             f"{want}: fit it again on tables of the {want} ('hwnas predictor "
-                             f"fit --device {device}')")
     return notes
 
 
@@ -836,8 +834,7 @@ def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int 
         rows[k] = p.metrics(B, y[te])
         if k == kind:
             chosen = p
-    chosen.extra = {"device": device, "seed": seed, "statistic": subnet_statistic(device, lut_dir),
-                    "train_keys": [keys[i] for i in tr],
+    chosen.extra = {"device": device, "seed": seed, "train_keys": [keys[i] for i in tr],
                     "heldout_keys": [keys[i] for i in te], "heldout_metrics": rows[kind]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)
     chosen.save(out)
@@ -886,9 +883,7 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
         A, y[tr]).metrics(B, y[te])
     transfer = TransferPredictor(base, table).fit(A, y[tr])
     rows[f"transfer from {source} (k={k})"] = transfer.metrics(B, y[te])
-    transfer.extra = {"device": device, "source": source, "seed": seed,
-                      "statistic": subnet_statistic(device, lut_dir),
-                      "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
+    transfer.extra = {"device": device, "source": source, "seed": seed, "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                       "heldout_metrics": rows[f"transfer from {source} (k={k})"]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)
     transfer.save(out)
