@@ -219,8 +219,9 @@ class Predictor:
         table records the statistic of timed calls its tables hold (``extra["statistic"]``,
         unless set), which a device that measures another refuses."""
         self._check_fitted()
+        extra = self.extra
         if self.needs_fit and self.table is not None:
-            self.extra = {"statistic": self.table.statistic, **self.extra}
+            extra = {"statistic": self.table.statistic, **extra}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         lut = None
@@ -232,7 +233,7 @@ class Predictor:
         doc = {"format": "hwnas-predictor", "format_version": FORMAT_VERSION, "kind": self.kind,
                "space": self.space.to_dict(), "space_id": self.space.id,
                "fingerprint": self.fingerprint, "lut": lut, "train_hash": self.train_hash,
-               "train_metrics": self.train_metrics, "extra": self.extra,
+               "train_metrics": self.train_metrics, "extra": extra,
                "params": self.get_params(), "state": self._state(path)}
         return atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
@@ -883,7 +884,8 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
         A, y[tr]).metrics(B, y[te])
     transfer = TransferPredictor(base, table).fit(A, y[tr])
     rows[f"transfer from {source} (k={k})"] = transfer.metrics(B, y[te])
-    transfer.extra = {"device": device, "source": source, "seed": seed, "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
+    transfer.extra = {"device": device, "source": source, "seed": seed,
+                      "train_keys": [keys[i] for i in tr], "heldout_keys": [keys[i] for i in te],
                       "heldout_metrics": rows[f"transfer from {source} (k={k})"]}
     out = Path(out) if out else default_predictor_path(device, lut_dir)
     transfer.save(out)

@@ -453,6 +453,7 @@ class Profiler:
         todo = [it.key for it in items]
         visit(todo[0], time_it=False)  # settle
         retries = p.max_retries if self.kind == "ops" else p.max_retries_subnets
+        pooled = pools_attempts(p)
         for attempt in range(retries + 1):
             if not todo:
                 break
@@ -474,7 +475,7 @@ class Profiler:
                     bar.advance(task)
             journal.flush()
             for key in todo:
-                if pools_attempts(p):
+                if pooled:
                     samples = np.concatenate([journal.attempt_samples(key, a)
                                               for a in range(attempt + 1)])
                     best[key] = {**summarize(samples, p.statistic), "attempts": attempt + 1}
@@ -610,9 +611,10 @@ def time_runner(runner, protocol, clock=None) -> dict[str, float]:
     table's machine speed would have given."""
     best: dict[str, float] | None = None
     settle(runner, protocol)
+    pooled = pools_attempts(protocol)
     samples, drifts = [], []
     for attempt in range(protocol.max_retries + 1):
-        if not pools_attempts(protocol):
+        if not pooled:
             samples, drifts = [], []
         for _ in range(protocol.rounds):
             samples.append(timed_visit(runner, protocol) * 1e3)
@@ -626,7 +628,7 @@ def time_runner(runner, protocol, clock=None) -> dict[str, float]:
                          for s, d in zip(samples, drifts)]
             stats["drift"] = float(np.median(drifts))
             stats["at_table_speed_ms"] = float(np.median(per_round))
-        if best is None or pools_attempts(protocol) or stats["spread"] < best["spread"]:
+        if best is None or pooled or stats["spread"] < best["spread"]:
             best = stats
         if best["spread"] <= protocol.max_spread:
             break
