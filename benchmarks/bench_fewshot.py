@@ -14,8 +14,9 @@ For each regime and each k in `--ks`, `--draws` seeded draws of k training subne
 held out): hwnas's few-shot predictor without the LUT ("structure"), with the device's LUT
 ("+LUT", where it has one) and with another device's predictor as a prior ("+prior"), and
 the baselines MACs-linear, block-count-linear and LUT-linear. Every figure is the mean over
-the draws of the share of held-out subnets within ±10%, of Spearman's rho and of the MAPE; `ceiling` is
-the same predictor fitted on 5-fold cross-validated splits of all the device's subnets.
+the draws of the share of held-out subnets within ±10%, of Spearman's rho and of the MAPE;
+`ceiling` is the same predictor fitted on 5-fold cross-validated splits of all the device's
+subnets.
 
 Measure the tables with (the default space; `--batch 32` for the b32 regime):
   hwnas profile --device cpu-torch --space default --subnets 150 --out benchmarks/results/lut
@@ -94,7 +95,7 @@ def _ceiling(fit, archs, y, seed: int = 0) -> tuple[float, float]:
 
 
 def run(args) -> Result:
-    from hwnas.fewshot import device_subnets
+    from hwnas.predictor import device_subnets
     from hwnas.lut import table_paths
     from hwnas.predictor import default_predictor_path, load_predictor, split_subnets
 

@@ -49,9 +49,9 @@ def _throughput(fn, X, repeats: int = 5) -> float:
 def _ceiling(device: str, lut_dir: str, seed: int, folds: int = 5) -> dict[str, float]:
     """XGBoost from scratch on (folds-1)/folds of the device's subnets, scored on the rest
     fold by fold: the best a predictor from this device's own features does."""
-    from hwnas.predictor import XGBoostPredictor, _device_data, metrics
+    from hwnas.predictor import XGBoostPredictor, device_subnets, metrics
 
-    table, _, archs, y = _device_data(device, lut_dir)
+    table, _, _, archs, y = device_subnets(device, lut_dir, need_lut=True)
     fold = np.random.default_rng(seed).permutation(len(y)) % folds
     pred = np.empty_like(y)
     for f in range(folds):

@@ -613,5 +613,5 @@ def predict_latency(device: str, arch: Arch, space: SearchSpace, lut_dir: str | 
         return None, f"no prediction: {exc}", 1.0
 
 
-__all__ = ["ExportError", "ExportIncomplete", "ExportResult", "FORMATS", "MismatchError", "TOLERANCE", "compare",
-           "export", "read_arch", "verification_inputs"]
+__all__ = ["ExportError", "ExportIncomplete", "ExportResult", "FORMATS", "MismatchError",
+           "TOLERANCE", "compare", "export", "read_arch", "verification_inputs"]

@@ -33,7 +33,8 @@ import numpy as np
 from scipy.optimize import nnls
 
 from hwnas.lut import LatencyTable
-from hwnas.predictor import PREDICTORS, Predictor, PredictorError, _as_X, _as_y
+from hwnas.predictor import (PREDICTORS, Predictor, PredictorError, _as_X, _as_y,
+                             device_subnets)
 from hwnas.space import SearchSpace
 from hwnas.structure import feature_names, op_feature_names, structural_features
 
@@ -318,33 +319,6 @@ def baselines(predictor: FewShotPredictor, train, y_train, test) -> dict[str, np
         coef = cand.fit(predictor._select(cand, Fa), y)
         out[cand.name] = Candidate.apply(coef, predictor._select(cand, Fb))
     return out
-
-
-def device_subnets(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
-    """A device's measured subnets and, when it has one, its LUT: (table or None, space,
-    subnet rows, archs, latencies ms). The rows' ``attrs["statistic"]`` says which
-    statistic of timed calls they hold. Few-shot fitting needs no LUT."""
-    import json
-
-    from hwnas.errors import LutError
-    from hwnas.lut import read_table, table_paths, table_statistic
-    from hwnas.space import get_space
-
-    op_path, sub_path = table_paths(device, lut_dir)
-    table = LatencyTable.load(op_path, get_space(space) if space else None) \
-        if op_path.exists() else None
-    subs, meta = read_table(sub_path, "subnets", table.fingerprint if table else None)
-    subs.attrs["statistic"] = table_statistic(meta)
-    if table is not None:
-        sp = table.space
-    elif space is not None:
-        sp = get_space(space)
-    elif "space" in meta:
-        sp = SearchSpace.from_dict(meta["space"])
-    else:
-        raise LutError(f"{sub_path}: the table does not say its search space; pass --space")
-    archs = [sp.arch(json.loads(a)) for a in subs["arch"]]
-    return table, sp, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
 
 
 def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = "lut",

@@ -682,15 +682,30 @@ class Report:
         return table
 
 
-def _device_data(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None):
-    from hwnas.lut import read_table, table_paths
+def device_subnets(device: str, lut_dir: str | Path, space: SearchSpace | str | None = None,
+                   need_lut: bool = False):
+    """A device's measured subnets and, when it has one, its LUT: (table or None, space,
+    subnet rows, archs, latencies ms). The rows' ``attrs["statistic"]`` says which
+    statistic of timed calls they hold. Few-shot fitting needs no LUT; with ``need_lut`` a
+    missing one is an error."""
+    from hwnas.lut import read_table, table_paths, table_statistic
     from hwnas.space import get_space
 
     op_path, sub_path = table_paths(device, lut_dir)
-    table = LatencyTable.load(op_path, get_space(space) if space else None)
-    subs, _ = read_table(sub_path, "subnets", table.fingerprint or None)
-    archs = [table.space.arch(json.loads(a)) for a in subs["arch"]]
-    return table, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
+    table = LatencyTable.load(op_path, get_space(space) if space else None) \
+        if need_lut or op_path.exists() else None
+    subs, meta = read_table(sub_path, "subnets", (table.fingerprint or None) if table else None)
+    subs.attrs["statistic"] = table_statistic(meta)
+    if table is not None:
+        sp = table.space
+    elif space is not None:
+        sp = get_space(space)
+    elif "space" in meta:
+        sp = SearchSpace.from_dict(meta["space"])
+    else:
+        raise LutError(f"{sub_path}: the table does not say its search space; pass --space")
+    archs = [sp.arch(json.loads(a)) for a in subs["arch"]]
+    return table, sp, subs, archs, subs["latency_ms"].to_numpy(dtype=float)
 
 
 def default_predictor_path(device: str, lut_dir: str | Path = "lut") -> Path:
@@ -708,7 +723,7 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     timed again first (``hwnas.probe``): a drift beyond ±10% is refused, or with
     ``allow_drift`` the predictions are scaled by it. Raises :class:`PredictorError`
     saying what to run when there is no predictor."""
-    from hwnas.devices import find_device_file, load_device
+    from hwnas.devices import find_device_file
     from hwnas.errors import DeviceError
     from hwnas.lut import read_table, table_paths
 
@@ -739,7 +754,8 @@ def device_predictor(device: str, space: SearchSpace | None = None,
         raise PredictorError(f"no latency predictor for device {device!r} at {file}; make one "
                              f"with 'hwnas profile --device {device} --subnets 300' then "
                              f"'hwnas predictor fit --device {device}' (or pass --lut FOLDER)")
-    want = _protocol_statistic(device)
+    dev = _local_device(device)
+    want = dev.protocol.statistic if dev else None  # None: imported tables, no device file
     how += "".join(f"; {note}" for note in _check_tables(device, op_path, sub_path, want))
     # what a fitted model learned (files from before it was recorded: medians); a table's
     # sum learned nothing, and its table is checked above
@@ -749,14 +765,10 @@ def device_predictor(device: str, space: SearchSpace | None = None,
                              f"timed calls, but the device's protocol now measures the "
                              f"{want}: fit it again on tables of the {want} ('hwnas predictor "
                              f"fit --device {device}')")
-    if check_drift:
+    if check_drift and dev is not None:
         from hwnas.probe import ScaledPredictor, drift_nets, table_probes
         from hwnas.probe import check_drift as drift_of
 
-        try:
-            dev = load_device(device)
-        except DeviceError:
-            return pred, how  # tables of a device with no file here (imported ones)
         probes, where = table_probes(device, lut_dir)
         drift = drift_of(dev, probes, where, allow_drift, Path(lut_dir) / ".cache" / device,
                          drift_nets(device, lut_dir))
@@ -766,14 +778,14 @@ def device_predictor(device: str, space: SearchSpace | None = None,
     return pred, how
 
 
-def _protocol_statistic(device: str) -> str | None:
-    """The statistic of timed calls the device's protocol measures now; None for tables of
-    a device with no file here (imported ones)."""
+def _local_device(device: str):
+    """The device's file as loaded here; None for tables of a device with no file here
+    (imported ones), which are neither held to a protocol nor probed."""
     from hwnas.devices import load_device
     from hwnas.errors import DeviceError
 
     try:
-        return load_device(device).protocol.statistic
+        return load_device(device)
     except DeviceError:
         return None
 
@@ -812,7 +824,7 @@ def fit_for_device(device: str, kind: str = "xgboost", space=None, n_train: int 
                    ) -> Report:
     """Fit ``kind`` on ``n_train`` measured subnets of ``device`` and report every
     predictor kind on the held-out rest; saves the fitted one and a scatter plot."""
-    table, subs, archs, y = _device_data(device, lut_dir, space)
+    table, _, subs, archs, y = device_subnets(device, lut_dir, space, need_lut=True)
     keys = list(subs["key"])
     if len(keys) - n_train < 1:
         raise PredictorError(f"{device} has {len(keys)} measured subnets; fitting on "
@@ -850,7 +862,7 @@ def evaluate_for_device(device: str, predictor_path: str | Path | None = None,
                         lut_dir: str | Path = "lut", allow_mismatch: bool = False) -> Report:
     """Score a saved predictor on the device's measured subnets it was not fitted on."""
     path = Path(predictor_path) if predictor_path else default_predictor_path(device, lut_dir)
-    table, subs, archs, y = _device_data(device, lut_dir)
+    table, _, subs, archs, y = device_subnets(device, lut_dir, need_lut=True)
     pred = load_predictor(path, table=table, space=table.space, fingerprint=table.fingerprint,
                           allow_mismatch=allow_mismatch)
     seen = set(pred.extra.get("train_keys", []))
@@ -874,7 +886,7 @@ def transfer_to_device(source: str, device: str, k: int = 20, seed: int = 0,
     if not isinstance(base, XGBoostPredictor):
         raise PredictorError(f"{base_path} is a {base.kind!r} predictor; transfer needs "
                              f"'xgboost' (hwnas predictor fit --device {source} --kind xgboost)")
-    table, subs, archs, y = _device_data(device, lut_dir)
+    table, _, subs, archs, y = device_subnets(device, lut_dir, need_lut=True)
     keys = list(subs["key"])
     tr, te = split_subnets(keys, k, seed)
     A, B = [archs[i] for i in tr], [archs[i] for i in te]

@@ -5,8 +5,9 @@ converted many to a file and cached across runs) -> fit the same predictor kind 
 and judge it on held-out subnets -> train the supernet briefly on the embedded digits
 -> search under a latency budget (default: the middle of the measured range), the best
 arch measured on the CPU before it is reported -> export the winner to ONNX and TFLite,
-verify both, measure both -> one closing table and a static HTML report. Everything goes under one folder; a re-run reuses what is still valid (the
-tables, the checkpoint, the search archive).
+verify both, measure both -> one closing table and a static HTML report. Everything goes
+under one folder; a re-run reuses what is still valid (the tables, the checkpoint, the
+search archive).
 """
 
 from __future__ import annotations

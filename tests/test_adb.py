@@ -212,4 +212,5 @@ def test_a_visit_is_one_statistic_and_the_table_says_which(small, tmp_path):
     protocol = dataclasses.replace(dev.protocol, rounds=3, max_retries=0)
     stats = time_runner(runner, protocol)
     assert stats["count"] == 3  # three visits, not 3 x runs calls
-    assert stats["statistic"] == "median across visits of benchmark_model's mean of 50 runs per visit"
+    assert stats["statistic"] == ("median across visits of benchmark_model's mean of 50 runs "
+                                  "per visit")

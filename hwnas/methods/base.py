@@ -77,7 +77,8 @@ class batch_statistics:
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.net = net
-        self.bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.bns = [m for m in net.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
     def __enter__(self) -> torch.nn.Module:
         self.saved = (self.net.training, [m.momentum for m in self.bns])

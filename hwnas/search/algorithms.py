@@ -145,8 +145,8 @@ def make_algorithm(name: str, n_obj: int, pop_size: int, space: SearchSpace,
     (``sampling``: a starting population instead of random archs)."""
     search = ALGORITHMS.get(name)
     if not isinstance(search, PymooSearch):
-        raise SearchError(f"{name!r} is not a pymoo algorithm; pymoo ones: "
-                          f"{[n for n in ALGORITHMS if isinstance(ALGORITHMS.get(n), PymooSearch)]}")
+        pymoo_ones = [n for n in ALGORITHMS if isinstance(ALGORITHMS.get(n), PymooSearch)]
+        raise SearchError(f"{name!r} is not a pymoo algorithm; pymoo ones: {pymoo_ones}")
     extra = {} if sampling is None else {"sampling": sampling}
     return search.build(n_obj, pop_size, space, r_genes, weights, **extra)
 

@@ -239,5 +239,5 @@ def plot_run(out: Path, cfg: SearchConfig, df: pd.DataFrame, front: pd.DataFrame
     return files
 
 
-__all__ = ["SearchResult", "best_per_budget", "describe_best", "finish", "hypervolume", "non_dominated",
-           "objective_bounds", "plot_run"]
+__all__ = ["SearchResult", "best_per_budget", "describe_best", "finish", "hypervolume",
+           "non_dominated", "objective_bounds", "plot_run"]
