@@ -368,5 +368,4 @@ def fit_few_shot(device: str, k: int = 20, seed: int = 0, lut_dir: str | Path = 
 
 
 __all__ = ["BASELINES", "Candidate", "FewShotPredictor", "baseline_candidates", "baselines",
-           "candidates", "ceiling", "cv_errors", "device_subnets", "fit_few_shot", "folds",
-           "loo_weights"]
+           "candidates", "ceiling", "cv_errors", "fit_few_shot", "folds", "loo_weights"]
