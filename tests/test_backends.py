@@ -103,6 +103,33 @@ def test_tflite_models_take_nhwc_without_a_transpose(small, tmp_path):
     assert "DEPTHWISE_CONV_2D" in runner.info["ops"]
 
 
+def test_batchnorm_is_folded_before_conversion_without_changing_the_ops(small, tmp_path):
+    """Folding saves the converter work, not the model: the folded copy computes what the
+    module computes (the module itself untouched), and the converter, given the unfolded
+    module, produces the same TFLite ops."""
+    from hwnas.backends.tflite import interpreter_runner
+    from hwnas.convert import ChannelsLast, _litert_torch, fold_batchnorm, nhwc, to_tflite
+
+    for op in (_op(small), _op(small, "stem", se=False)):
+        torch.manual_seed(0)
+        module = op.build()
+        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)  # not identity
+        folded = fold_batchnorm(module)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+        x = sample_input(op.input_shape, seed=4)
+        with torch.no_grad():
+            assert torch.allclose(folded(x), module(x), atol=1e-5)
+        unfolded = tmp_path / f"{op.kind}-unfolded.tflite"
+        unfolded.write_bytes(_litert_torch().convert(ChannelsLast(module).eval(),
+                                                     (nhwc(x),)).model_content())
+        blank = np.zeros((1, *x.shape[2:], x.shape[1]), np.float32)
+        ops_of = [interpreter_runner(p, blank, 1).info["ops"]
+                  for p in (unfolded, to_tflite(module, x, tmp_path / f"{op.kind}.tflite"))]
+        assert ops_of[0] == ops_of[1] and "CONV_2D" in ops_of[0], op.key
+
+
 def test_tflite_converts_many_ops_at_once_and_caches_them(small, tmp_path, monkeypatch):
     """One litert-torch conversion holds many ops (branches of one graph, split into a file
     each); each file has the ops a conversion of that op alone gives, and matches PyTorch;
