@@ -90,6 +90,66 @@ def test_many_onnx_exports_run_in_worker_processes(small, tmp_path, monkeypatch)
     assert not here and sorted(f.stat().st_mtime_ns for f in tmp_path.glob("*.onnx")) == mtimes
 
 
+def test_onnx_subnets_are_stitched_from_their_exported_ops(small, tmp_path, monkeypatch):
+    """A subnet's ONNX file is assembled from its ops' files (exported where missing, as
+    the LUT exports them): it computes what those ops compute in PyTorch, has the
+    exporter's own nodes for the whole subnet, in order (Identity aside, which ONNX
+    Runtime removes), and a second call exports and stitches nothing."""
+    import onnx
+
+    from hwnas.backends import onnxrt
+    from hwnas.backends.base import model_key
+    from hwnas.convert import to_onnx
+    from hwnas.ops import NetworkBuild
+
+    dev = load_device("cpu-onnxruntime")
+    arch = small.sample(1, seed=7)[0]
+    op_list = ops(arch, small)
+    shape = (1, 3, arch.r, arch.r)
+    item = (NetworkBuild(tuple(op_list)), shape, model_key(f"{small.id}:{arch.key}", dev))
+    backend = get_backend(dev, tmp_path)
+    done = []
+    runner, = backend.prepare_many([item], done.append)
+    assert sum(done) == 1
+    assert len(list(tmp_path.glob("*.onnx"))) == len({o.key for o in op_list}) + 1
+    parts = []
+    for op in op_list:
+        torch.manual_seed(0)
+        parts.append(op.build())
+    x = sample_input(shape, seed=4)
+    with torch.no_grad():
+        ref = torch.nn.Sequential(*parts).eval()(x).numpy()
+    assert np.abs(runner.infer(x.numpy()) - ref).max() <= 1e-4
+    torch.manual_seed(0)
+    direct = to_onnx(build_network(op_list), sample_input(shape), tmp_path / "direct.onnx")
+    kinds = [[n.op_type for n in onnx.load(str(p)).graph.node if n.op_type != "Identity"]
+             for p in (runner.info["onnx"], direct)]
+    assert kinds[0] == kinds[1] and kinds[0].count("Conv") >= len(op_list)
+    assert np.all(runner.time(20) > 0)
+    calls = []
+    monkeypatch.setattr(onnxrt, "export_file", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(onnxrt.OnnxRuntimeBackend, "_stitch", lambda *a: calls.append(a))
+    again, = backend.prepare_many([item])
+    assert not calls and again.info["onnx"] == runner.info["onnx"]
+
+
+def test_stitching_refuses_models_that_do_not_chain(small, tmp_path):
+    import onnx
+
+    from hwnas.convert import stitch_onnx, to_onnx
+    from hwnas.errors import BackendError
+
+    stem, first = (o for o in unique_ops(small, [32]) if o.kind in ("stem", "first"))
+    files = [to_onnx(op.build(), sample_input(op.input_shape), tmp_path / f"{op.kind}.onnx")
+             for op in (stem, first)]
+    models = [onnx.load(str(f)) for f in files]
+    assert len(stitch_onnx(models).graph.input) == 1
+    with pytest.raises(BackendError, match="model 1 of a stitch takes"):
+        stitch_onnx([models[0], models[0]])  # the stem takes 3 channels, gives more
+    with pytest.raises(BackendError, match="nothing to stitch"):
+        stitch_onnx([])
+
+
 def test_tflite_models_take_nhwc_without_a_transpose(small, tmp_path):
     backend = get_backend(load_device("cpu-tflite"), tmp_path)
     op = _op(small)

@@ -136,6 +136,18 @@ def model_key(ident: str, device) -> str:
     return f"{ident}|{device.precision}{batch}"
 
 
+def network_parts(build, device) -> list[tuple] | None:
+    """(build, input shape, key) of each op of a network whose ``build`` is a
+    :class:`hwnas.ops.NetworkBuild`, as ``prepare_many`` takes them on ``device`` (the
+    backends that assemble a network from its ops' files); None for any other build."""
+    from hwnas.ops import NetworkBuild
+
+    if not isinstance(build, NetworkBuild):
+        return None
+    return [(op.build, device.input_shape(op.input_shape), model_key(op.key, device))
+            for op in build.op_list]
+
+
 def sample_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """A fixed random input (timing does not depend on values, checks do)."""
     g = torch.Generator().manual_seed(seed)

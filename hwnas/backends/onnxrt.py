@@ -7,13 +7,15 @@ output on CUDA (the CUDA EP synchronises its stream at the end of a run).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import BACKENDS, Backend, Runner, cuda_missing, sample_input, wallclock
+from hwnas.backends.base import (BACKENDS, Backend, Runner, cuda_missing, network_parts,
+                                 sample_input, wallclock)
 from hwnas.convert import to_onnx
 from hwnas.errors import BackendError
 from hwnas.workers import in_workers
@@ -23,12 +25,24 @@ EXPORTS_PER_TASK = 8
 
 
 def export_group(group) -> None:
-    """Export each (build, input shape, path, precision) on the CPU, the model built under
-    seed 0 as :meth:`Backend.prepare_many` builds it (in a worker process, see
+    """Export each (build, input shape, path, precision, hardware), the model built under
+    seed 0 as :meth:`Backend.prepare_many` builds it (in a worker process on the CPU, see
     :func:`hwnas.workers.in_workers`)."""
-    for build, shape, path, precision in group:
+    for build, shape, path, precision, hardware in group:
         torch.manual_seed(0)
-        export_file(build(), shape, path, precision)
+        export_file(build(), shape, path, precision, hardware)
+
+
+def _exported(missing: list[tuple], in_workers_too: bool):
+    """Export ``missing`` (as :func:`export_group` takes them), yielding each group done:
+    in worker processes where there are enough to repay starting them, else here."""
+    if in_workers_too and len(missing) >= MIN_EXPORTS_IN_WORKERS:
+        yield from in_workers(export_group, [missing[i:i + EXPORTS_PER_TASK]
+                                             for i in range(0, len(missing), EXPORTS_PER_TASK)])
+        return
+    for one in missing:
+        export_group([one])
+        yield [one]
 
 
 def export_file(module: nn.Module, input_shape: tuple[int, ...], path, precision: str,
@@ -96,20 +110,44 @@ class OnnxRuntimeBackend(Backend):
         return self.load(self.onnx_file(module, input_shape, key), input_shape, key)
 
     def prepare_many(self, items, advance=lambda n: None) -> list[Runner]:
-        """Export the missing files in worker processes, one per core (CPU devices: an
-        export is ~0.4 s of single-threaded tracing per subnet, and a quickstart exports
-        hundreds), then load each as :meth:`load` does."""
+        """Export the missing files, then load each as :meth:`load` does. A network whose
+        ``build`` is a :class:`hwnas.ops.NetworkBuild` is stitched from its ops' files
+        (:func:`hwnas.convert.stitch_onnx`, each op's weights as its own file has them),
+        exported where missing: the ops of a profile's subnets are its LUT's. Exports run
+        in worker processes, one per core, where there are many on the CPU (an export is
+        ~0.4 s of single-threaded tracing per subnet)."""
+        dev = self.device
         paths = [self.cache_path(key, ".onnx") for _, _, key in items]
-        missing = [(build, shape, str(path), self.device.precision)
-                   for (build, shape, _), path in zip(items, paths) if not path.exists()]
-        if self.device.hardware == "cpu" and len(missing) >= MIN_EXPORTS_IN_WORKERS:
-            groups = [missing[i:i + EXPORTS_PER_TASK]
-                      for i in range(0, len(missing), EXPORTS_PER_TASK)]
-            for group in in_workers(export_group, groups):
-                advance(len(group))
-            advance(len(items) - len(missing))
-            return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
-        return super().prepare_many(items, advance)
+        todo: dict[Path, tuple] = {}
+        networks: dict[Path, list[Path]] = {}  # a stitched file -> its ops' files, in order
+        for (build, shape, _), path in zip(items, paths):
+            if path.exists() or path in networks:
+                continue
+            parts = [(build, shape, path)]
+            ops = network_parts(build, dev)
+            if ops is not None:
+                parts = [(b, s, self.cache_path(key, ".onnx")) for b, s, key in ops]
+                networks[path] = [part for _, _, part in parts]
+            todo.update({part: (b, s, str(part), dev.precision, dev.hardware)
+                         for b, s, part in parts if not part.exists()})
+        missing, direct = list(todo.values()), set(paths)
+        for group in _exported(missing, in_workers_too=dev.hardware == "cpu"):
+            advance(sum(Path(path) in direct for _, _, path, _, _ in group))
+        for path, part_paths in networks.items():
+            self._stitch(path, part_paths)
+            advance(1)
+        advance(sum(1 for path in paths if path not in todo and path not in networks))
+        return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
+
+    @staticmethod
+    def _stitch(path: Path, part_paths: list[Path]) -> None:
+        import onnx
+
+        from hwnas.convert import stitch_onnx
+        from hwnas.files import atomic_write
+
+        model = stitch_onnx([onnx.load(str(part)) for part in part_paths])
+        atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
 
     def discard(self, keys) -> int:
         return self._unlink(self.cache_path(key, ".onnx") for key in keys)

@@ -166,10 +166,9 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
     own file has them. Files stay in the user cache keyed by model key, hwnas and converter
     version, so a later run (another folder, another device running TFLite) converts
     nothing again. ``build()`` is called under seed 0, so a key names one set of weights."""
-    from hwnas.backends.base import model_key
+    from hwnas.backends.base import network_parts
     from hwnas.convert import stitch
     from hwnas.files import atomic_write
-    from hwnas.ops import NetworkBuild
 
     cache = ConvertedCache()
     todo: dict[str, tuple] = {}
@@ -177,9 +176,8 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
     for build, shape, key in items:
         if cache.path(key).exists():
             continue
-        if isinstance(build, NetworkBuild):
-            parts = [(op.build, device.input_shape(op.input_shape), model_key(op.key, device))
-                     for op in build.op_list]
+        parts = network_parts(build, device)
+        if parts is not None:
             networks[key] = [part[2] for part in parts]
             for part in parts:
                 if not cache.path(part[2]).exists():
