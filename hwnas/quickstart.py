@@ -209,7 +209,7 @@ def run(cfg: QuickstartConfig, console=None, progress: bool = True) -> Quickstar
     for d in devices:
         n = cfg.subnets if d is dev else cfg.tflite_subnets
         ops_res, sub_res = profile(d, cfg.space, subnets=n, seed=cfg.seed, out_dir=lut,
-                                   cache_dir=lut / ".cache", progress=progress)
+                                   progress=progress)  # models in lut/.cache/<device>
         measured[d.name] = sub_res.table
         noise[d.name] = {"ops": float(ops_res.table["spread"].median()),
                          "subnets": float(sub_res.table["spread"].median()),
