@@ -291,12 +291,14 @@ def measurement_clock(device, arch, space, lut_dir: str | Path, near_ms: float |
 
 
 def time_beside_table(device, model, shape, key: str, arch, space, lut_dir: Path | None,
-                      near_ms: float | None, cache_dir: Path) -> dict[str, Any]:
+                      near_ms: float | None, cache_dir: Path, speed: float = 1.0
+                      ) -> dict[str, Any]:
     """Time ``model`` (a model file, or a module the backend converts under ``key``) on
     ``device`` with the profiling protocol, pinned, with :func:`measurement_clock` timed
     between its rounds where there is a table: what a check of a prediction times (the
-    search's verification, an export's measurement, each in a new process). The stats
-    also hold the clock's ``label`` as ``clock``."""
+    search's verification, an export's measurement, each in a new process), timed again
+    while the clock reads off ``speed`` (:func:`time_near_table_speed`). The stats also
+    hold the clock's ``label`` as ``clock``."""
     from hwnas.backends import get_backend
     from hwnas.profile import pinned, time_runner
 
@@ -306,7 +308,8 @@ def time_beside_table(device, model, shape, key: str, arch, space, lut_dir: Path
             backend.prepare(model, shape, key)
         clock = measurement_clock(device, arch, space, lut_dir, near_ms) if lut_dir else None
         try:
-            stats = time_runner(runner, device.protocol, clock)
+            stats = time_near_table_speed(runner, device.protocol, clock, speed) if clock \
+                else time_runner(runner, device.protocol)
         finally:
             runner.close()
             if clock is not None:
@@ -314,6 +317,29 @@ def time_beside_table(device, model, shape, key: str, arch, space, lut_dir: Path
     if clock is not None:
         stats["clock"] = clock.label
     return stats
+
+
+def time_near_table_speed(runner, protocol, clock, speed: float = 1.0) -> dict[str, Any]:
+    """:func:`hwnas.profile.time_runner` with ``clock``, timed again after a pause (up to
+    :data:`RETRIES` times) while the clock ran more than ±10% off ``speed`` times its table
+    times (1: the table's speed; a prediction scaled for a drift of the machine: that
+    drift): the try whose clock read nearest it is kept, and all of them are listed in
+    ``tries`` ([latency_ms, drift] each). This host runs at one speed for seconds to
+    minutes and then at another; a check timed in one slow window read x1.38 of its
+    prediction raw while side by side with the table's subnets it read x1.01."""
+    from hwnas.profile import time_runner
+
+    def off(stats: dict[str, Any]) -> float:
+        return abs(stats["drift"] / speed - 1)
+
+    tries = [time_runner(runner, protocol, clock)]
+    while len(tries) <= RETRIES and off(tries[-1]) > TOLERANCE:
+        time.sleep(RETRY_PAUSE_S)
+        tries.append(time_runner(runner, protocol, clock))
+    kept = min(tries, key=off)
+    if len(tries) > 1:
+        kept = {**kept, "tries": [[t["latency_ms"], t["drift"]] for t in tries]}
+    return kept
 
 
 def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None, backend=None
@@ -431,4 +457,4 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
            "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "drift_nets", "drift_scale",
            "measure_probes", "measurement_clock", "reference_rows", "retime",
-           "retime_nets", "table_probes", "time_beside_table"]
+           "retime_nets", "table_probes", "time_beside_table", "time_near_table_speed"]

@@ -116,6 +116,10 @@ class QuickstartResult:
             if r.get("at_table_speed/predicted") is not None:  # a clock timed between rounds
                 ratio += (f"; side by side with {r['clock']} x{r['at_table_speed/predicted']:.2f}"
                           f" (they ran {r['clock_during']:.2f}x their table times meanwhile)")
+            if r.get("tries"):  # timed again while the host ran off the table's speed
+                ratio += (f"; timed {len(r['tries'])} times, the clock at "
+                          f"{', '.join(f'{d:.2f}x' for _, d in r['tries'])}: the try "
+                          f"nearest the table's speed kept")
             if (r.get("measured_in") or "").startswith("this process"):
                 ratio += f"; timed in {r['measured_in']}, which runs models slower"
             drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")

@@ -214,6 +214,47 @@ def test_a_slow_window_is_timed_again_before_it_counts_as_drift(monkeypatch):
     assert next(lasting)["ms"]["a"] == 0.1  # the fourth answer was never asked for
 
 
+
+def test_a_measurement_in_a_slow_window_is_timed_again(monkeypatch):
+    """A check whose clock ran >10% off the table's speed is timed again after a pause; the
+    try nearest the table's speed is kept and every try listed. A calm first try is kept
+    alone, and a lasting drift gives up after RETRIES more tries."""
+    import dataclasses
+
+    import hwnas.probe as probe
+    from hwnas.backends.base import Runner
+
+    monkeypatch.setattr(probe, "RETRY_PAUSE_S", 0.0)
+    protocol = dataclasses.replace(load_device("cpu-onnxruntime").protocol, warmup=0, runs=3,
+                                   rounds=2, min_time_ms=0, settle_ms=0, max_retries=0)
+    speeds = iter([1.5, 1.5, 1.02, 1.02, 9.0, 9.0])  # per round: a slow try, then a calm one
+    speed = {"now": 1.0}
+
+    def timed(n):
+        return np.full(n, 1e-4 * speed["now"])
+
+    class Clock:
+        def drift(self):  # read after each round; the next round runs at the next speed
+            now = speed["now"]
+            speed["now"] = next(speeds)
+            return now
+
+    speed["now"] = next(speeds)
+    runner = Runner(run=lambda: None, time=timed)
+    stats = probe.time_near_table_speed(runner, protocol, Clock())
+    assert [round(d, 2) for _, d in stats["tries"]] == [1.5, 1.02]
+    assert stats["drift"] == pytest.approx(1.02) and stats["latency_ms"] == pytest.approx(0.102)
+    assert next(speeds) == 9.0  # no third try
+    calm = iter([1.0] * 10)
+    speed["now"] = 1.0
+    speeds = calm
+    assert "tries" not in probe.time_near_table_speed(runner, protocol, Clock())
+    speeds = iter([1.6] * 10)
+    speed["now"] = 1.6
+    lasting = probe.time_near_table_speed(runner, protocol, Clock())
+    assert len(lasting["tries"]) == probe.RETRIES + 1 and lasting["drift"] == pytest.approx(1.6)
+    speeds = iter([1.6] * 10)  # a prediction scaled for a drift of 1.6: that is on speed
+    assert "tries" not in probe.time_near_table_speed(runner, protocol, Clock(), speed=1.6)
 def test_a_fresh_table_keeps_the_faster_of_its_start_and_end_probes(tmp_path, small,
                                                                    monkeypatch):
     """Probes timed once can land in a slow window of the host; a profile times them at
