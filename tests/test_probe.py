@@ -214,7 +214,6 @@ def test_a_slow_window_is_timed_again_before_it_counts_as_drift(monkeypatch):
     assert next(lasting)["ms"]["a"] == 0.1  # the fourth answer was never asked for
 
 
-
 def test_a_measurement_in_a_slow_window_is_timed_again(monkeypatch):
     """A check whose clock ran >10% off the table's speed is timed again after a pause; the
     try nearest the table's speed is kept and every try listed. A calm first try is kept
@@ -245,9 +244,8 @@ def test_a_measurement_in_a_slow_window_is_timed_again(monkeypatch):
     assert [round(d, 2) for _, d in stats["tries"]] == [1.5, 1.02]
     assert stats["drift"] == pytest.approx(1.02) and stats["latency_ms"] == pytest.approx(0.102)
     assert next(speeds) == 9.0  # no third try
-    calm = iter([1.0] * 10)
+    speeds = iter([1.0] * 10)
     speed["now"] = 1.0
-    speeds = calm
     assert "tries" not in probe.time_near_table_speed(runner, protocol, Clock())
     speeds = iter([1.6] * 10)
     speed["now"] = 1.6
@@ -255,6 +253,8 @@ def test_a_measurement_in_a_slow_window_is_timed_again(monkeypatch):
     assert len(lasting["tries"]) == probe.RETRIES + 1 and lasting["drift"] == pytest.approx(1.6)
     speeds = iter([1.6] * 10)  # a prediction scaled for a drift of 1.6: that is on speed
     assert "tries" not in probe.time_near_table_speed(runner, protocol, Clock(), speed=1.6)
+
+
 def test_a_fresh_table_keeps_the_faster_of_its_start_and_end_probes(tmp_path, small,
                                                                    monkeypatch):
     """Probes timed once can land in a slow window of the host; a profile times them at
