@@ -10,7 +10,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -146,6 +146,36 @@ def network_parts(build, device) -> list[tuple] | None:
         return None
     return [(op.build, device.input_shape(op.input_shape), model_key(op.key, device))
             for op in build.op_list]
+
+
+def make_models(items, device, made: Callable[[str], bool],
+                make: Callable[[list[tuple]], Iterator[list[tuple]]],
+                stitch: Callable[[str, list[str]], None],
+                advance: Callable[[int], None] = lambda n: None) -> None:
+    """Make the file of each (build, input shape, key) item that ``made(key)`` says is
+    missing, for the backends that load files: a network whose build is a
+    :class:`hwnas.ops.NetworkBuild` is stitched (``stitch(key, its ops' keys)``) from its
+    ops' files, and those are made where missing. ``make(missing items)`` makes files in
+    groups, yielding each group done; ``advance`` counts the items themselves as each is
+    made or found made (a network's ops are not counted)."""
+    todo: dict[str, tuple] = {}
+    networks: dict[str, list[str]] = {}  # a network's key -> its ops' keys, in order
+    for build, shape, key in items:
+        if made(key) or key in networks:
+            continue
+        parts = network_parts(build, device)
+        if parts is None:
+            parts = [(build, shape, key)]
+        else:
+            networks[key] = [part_key for _, _, part_key in parts]
+        todo.update({part[2]: part for part in parts if not made(part[2])})
+    own = {key for _, _, key in items}
+    for group in make(list(todo.values())):
+        advance(sum(key in own for _, _, key in group))
+    for key, part_keys in networks.items():
+        stitch(key, part_keys)
+        advance(1)
+    advance(sum(1 for _, _, key in items if key not in todo and key not in networks))
 
 
 def sample_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

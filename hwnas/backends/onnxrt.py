@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.backends.base import (BACKENDS, Backend, Runner, cuda_missing, network_parts,
+from hwnas.backends.base import (BACKENDS, Backend, Runner, cuda_missing, make_models,
                                  sample_input, wallclock)
 from hwnas.convert import to_onnx
 from hwnas.errors import BackendError
@@ -117,37 +117,28 @@ class OnnxRuntimeBackend(Backend):
         in worker processes, one per core, where there are many on the CPU (an export is
         ~0.4 s of single-threaded tracing per subnet)."""
         dev = self.device
-        paths = [self.cache_path(key, ".onnx") for _, _, key in items]
-        todo: dict[Path, tuple] = {}
-        networks: dict[Path, list[Path]] = {}  # a stitched file -> its ops' files, in order
-        for (build, shape, _), path in zip(items, paths):
-            if path.exists() or path in networks:
-                continue
-            parts = [(build, shape, path)]
-            ops = network_parts(build, dev)
-            if ops is not None:
-                parts = [(b, s, self.cache_path(key, ".onnx")) for b, s, key in ops]
-                networks[path] = [part for _, _, part in parts]
-            todo.update({part: (b, s, str(part), dev.precision, dev.hardware)
-                         for b, s, part in parts if not part.exists()})
-        missing, direct = list(todo.values()), set(paths)
-        for group in _exported(missing, in_workers_too=dev.hardware == "cpu"):
-            advance(sum(Path(path) in direct for _, _, path, _, _ in group))
-        for path, part_paths in networks.items():
-            self._stitch(path, part_paths)
-            advance(1)
-        advance(sum(1 for path in paths if path not in todo and path not in networks))
-        return [self.load(path, shape, key) for path, (_, shape, key) in zip(paths, items)]
 
-    @staticmethod
-    def _stitch(path: Path, part_paths: list[Path]) -> None:
-        import onnx
+        def onnx_path(key: str) -> Path:
+            return self.cache_path(key, ".onnx")
 
-        from hwnas.convert import stitch_onnx
-        from hwnas.files import atomic_write
+        def export(missing: list[tuple]):
+            by_path = {str(onnx_path(key)): (b, s, key) for b, s, key in missing}
+            jobs = [(b, s, path, dev.precision, dev.hardware) for path, (b, s, _) in
+                    by_path.items()]
+            for group in _exported(jobs, in_workers_too=dev.hardware == "cpu"):
+                yield [by_path[path] for _, _, path, _, _ in group]
 
-        model = stitch_onnx([onnx.load(str(part)) for part in part_paths])
-        atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
+        def stitch(key: str, part_keys: list[str]) -> None:
+            import onnx
+
+            from hwnas.convert import stitch_onnx
+            from hwnas.files import atomic_write
+
+            model = stitch_onnx([onnx.load(str(onnx_path(k))) for k in part_keys])
+            atomic_write(onnx_path(key), lambda tmp: onnx.save(model, str(tmp)))
+
+        make_models(items, dev, lambda key: onnx_path(key).exists(), export, stitch, advance)
+        return [self.load(onnx_path(key), shape, key) for _, shape, key in items]
 
     def discard(self, keys) -> int:
         return self._unlink(self.cache_path(key, ".onnx") for key in keys)

@@ -166,35 +166,22 @@ def convert_cached(items, device, advance=lambda n: None) -> list[Path]:
     own file has them. Files stay in the user cache keyed by model key, hwnas and converter
     version, so a later run (another folder, another device running TFLite) converts
     nothing again. ``build()`` is called under seed 0, so a key names one set of weights."""
-    from hwnas.backends.base import network_parts
+    from hwnas.backends.base import make_models
     from hwnas.convert import stitch
     from hwnas.files import atomic_write
 
     cache = ConvertedCache()
-    todo: dict[str, tuple] = {}
-    networks: dict[str, list[str]] = {}  # stitched model key -> its ops' keys
-    for build, shape, key in items:
-        if cache.path(key).exists():
-            continue
-        parts = network_parts(build, device)
-        if parts is not None:
-            networks[key] = [part[2] for part in parts]
-            for part in parts:
-                if not cache.path(part[2]).exists():
-                    todo[part[2]] = part
-        else:
-            todo[key] = (build, shape, key)
-    missing = list(todo.values())
-    direct = {key for _, _, key in items}
-    groups = [missing[i:i + MODELS_PER_CONVERSION]
-              for i in range(0, len(missing), MODELS_PER_CONVERSION)]
-    for group in in_workers(_convert_group, groups):
-        advance(sum(key in direct for _, _, key in group))
-    for key, part_keys in networks.items():
+
+    def convert(missing: list[tuple]):
+        yield from in_workers(_convert_group, [missing[i:i + MODELS_PER_CONVERSION] for i in
+                                               range(0, len(missing), MODELS_PER_CONVERSION)])
+
+    def stitch_files(key: str, part_keys: list[str]) -> None:
         model = stitch([cache.path(k).read_bytes() for k in part_keys])
-        atomic_write(cache.path(key), lambda tmp, b=model: tmp.write_bytes(b))
-        advance(1)
-    advance(sum(1 for _, _, key in items if key not in todo and key not in networks))
+        atomic_write(cache.path(key), lambda tmp: tmp.write_bytes(model))
+
+    make_models(items, device, lambda key: cache.path(key).exists(), convert, stitch_files,
+                advance)
     return [cache.path(key) for _, _, key in items]
 
 
