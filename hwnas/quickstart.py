@@ -116,13 +116,15 @@ class QuickstartResult:
             if r.get("at_table_speed/predicted") is not None:  # a clock timed between rounds
                 ratio += (f"; side by side with {r['clock']} x{r['at_table_speed/predicted']:.2f}"
                           f" (they ran {r['clock_during']:.2f}x their table times meanwhile)")
-            if r.get("tries"):  # timed again while the host ran off the table's speed
+            drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
+            if r.get("tries"):  # timed again while the host ran off the prediction's speed
+                aim = f"{drift.group(1)}x (the prediction's scaling)" if drift else \
+                    "the table's speed"
                 ratio += (f"; timed {len(r['tries'])} times, the clock at "
                           f"{', '.join(f'{d:.2f}x' for _, d in r['tries'])}: the try "
-                          f"nearest the table's speed kept")
+                          f"nearest {aim} kept")
             if (r.get("measured_in") or "").startswith("this process"):
                 ratio += f"; timed in {r['measured_in']}, which runs models slower"
-            drift = re.search(r"scaled by (\d+\.\d+)", r.get("predictor") or "")
             if drift:  # the machine's speed moved since profiling (hwnas.probe)
                 pred += f" (scaled by {drift.group(1)}: the calibration probes drifted)"
             chosen.rows.append([f"{r['device']} ({r.get('file')})", f"{pred}, {meas}{ratio}"])

@@ -170,6 +170,24 @@ def test_quickstart_end_to_end_at_reduced_size(tmp_path):
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before
 
 
+def test_the_closing_table_says_which_speed_a_timed_again_check_aimed_at(tmp_path):
+    from hwnas.quickstart import QuickstartResult
+
+    def closing(predictor: str) -> str:
+        row = {"device": "cpu-onnxruntime", "file": "model.onnx", "predicted_ms": 0.2,
+               "measured_ms": 0.21, "measured/predicted": 1.05, "predictor": predictor,
+               "tries": [[0.3, 1.31], [0.21, 1.02]]}
+        res = QuickstartResult(tmp_path, {}, "a", 0.9, 1, 1, 0.25, [row], {}, {})
+        return dict(res.tables()[0].rows)["cpu-onnxruntime (model.onnx)"]
+
+    plain = closing("xgboost (p.json); probes within 10%")
+    assert "timed 2 times, the clock at 1.31x, 1.02x: the try nearest the table's speed kept" \
+        in plain and "scaled" not in plain
+    scaled = closing("xgboost (p.json); probes drifted; predictions scaled by 1.27")
+    assert "the try nearest 1.27x (the prediction's scaling) kept" in scaled
+    assert "(scaled by 1.27: the calibration probes drifted)" in scaled
+
+
 def test_quickstart_bad_settings_are_refused(tmp_path):
     from hwnas.quickstart import QuickstartConfig, QuickstartError
 
