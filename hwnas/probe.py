@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from hwnas.ops import OpSpec
 TOLERANCE = 0.10
 RETRIES = 2          # a drift beyond TOLERANCE is timed again this many times
 RETRY_PAUSE_S = 1.0  # after this long, to leave a slow window of the host
+T = TypeVar("T")
 # A handful of ops of every kind that matters (1x1 and depthwise 3/5/7 convolutions, SE,
 # both activations, the classifier), sized so that each takes 0.05-2 ms on a laptop core.
 PROBES = (
@@ -332,10 +333,9 @@ def time_near_table_speed(runner, protocol, clock, speed: float = 1.0) -> dict[s
     def off(stats: dict[str, Any]) -> float:
         return abs(stats["drift"] / speed - 1)
 
-    tries = [time_runner(runner, protocol, clock)]
-    while len(tries) <= RETRIES and off(tries[-1]) > TOLERANCE:
-        time.sleep(RETRY_PAUSE_S)
-        tries.append(time_runner(runner, protocol, clock))
+    tries = timed_again_while_off([time_runner(runner, protocol, clock)],
+                                  lambda done: [*done, time_runner(runner, protocol, clock)],
+                                  lambda done: off(done[-1]))
     kept = min(tries, key=off)
     if len(tries) > 1:
         kept = {**kept, "tries": [[t["latency_ms"], t["drift"]] for t in tries]}
@@ -349,16 +349,27 @@ def retime(then: Mapping[str, Any], device, cache_dir: str | Path | None = None,
     times, each probe keeping its fastest timing: this host runs at one speed for seconds
     and then at another (one net measured 0.151 ms for nine visits and 0.21 ms for the
     next three, within a second), so one slow window alone is not taken for a drift."""
-    now = measure_probes(device, cache_dir, backend)
-    ratio = compare(then, now)
+    def again(now: dict[str, Any]) -> dict[str, Any]:
+        later = measure_probes(device, cache_dir, backend)
+        return {**later, "ms": {k: min(v, now["ms"].get(k, v)) for k, v in later["ms"].items()}}
+
+    now = timed_again_while_off(measure_probes(device, cache_dir, backend), again,
+                                lambda now: abs(compare(then, now)[0] - 1))
+    return now, compare(then, now)
+
+
+def timed_again_while_off(first: T, again: Callable[[T], T], off: Callable[[T], float]) -> T:
+    """``first``, replaced by ``again(it)`` after a pause of :data:`RETRY_PAUSE_S` while
+    ``off(it)`` (how far from the speed aimed at, as a fraction) exceeds :data:`TOLERANCE`,
+    up to :data:`RETRIES` times: the one rule by which probes and checks leave a slow
+    window of the host."""
+    result = first
     for _ in range(RETRIES):
-        if abs(ratio[0] - 1) <= TOLERANCE:
+        if off(result) <= TOLERANCE:
             break
         time.sleep(RETRY_PAUSE_S)
-        again = measure_probes(device, cache_dir, backend)
-        now = {**again, "ms": {k: min(v, now["ms"].get(k, v)) for k, v in again["ms"].items()}}
-        ratio = compare(then, now)
-    return now, ratio
+        result = again(result)
+    return result
 
 
 def compare(then: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -457,4 +468,5 @@ def table_probes(device: str, lut_dir: str | Path) -> tuple[dict | None, str]:
 __all__ = ["Drift", "DriftError", "PROBES", "ProbeClock", "REFERENCES", "ReferenceClock",
            "ScaledPredictor", "TOLERANCE", "check_drift", "compare", "drift_nets", "drift_scale",
            "measure_probes", "measurement_clock", "reference_rows", "retime",
-           "retime_nets", "table_probes", "time_beside_table", "time_near_table_speed"]
+           "retime_nets", "table_probes", "time_beside_table", "time_near_table_speed",
+           "timed_again_while_off"]
